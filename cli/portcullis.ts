@@ -1,0 +1,43 @@
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { COMMANDS, type CommandModule } from './commands.js'
+import { formatCliError } from './output.js'
+
+const USAGE = `Usage: portcullis <command> [options]
+
+Commands:
+${COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
+
+Run "portcullis <command> --help" for a command's options and environment variables.`
+
+async function main (argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    console.log(USAGE)
+    return name === undefined ? 1 : 0
+  }
+  const entry = COMMANDS.find((c) => c.name === name)
+  if (entry === undefined) {
+    console.error(`portcullis: unknown command "${name}"\n\n${USAGE}`)
+    return 1
+  }
+  const url = new URL(entry.module.replace(/\.js$/, '.ts'), import.meta.url)
+  if (!existsSync(fileURLToPath(url))) {
+    console.error(`portcullis: command "${name}" is not part of this build yet`)
+    return 1
+  }
+  const mod = await import(url.href) as CommandModule
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(mod.help)
+    return 0
+  }
+  return await mod.run(rest)
+}
+
+main(process.argv.slice(2)).then((code) => {
+  // Daemons keep the event loop alive themselves; one-shot commands end here.
+  if (code !== 0 || process.exitCode === undefined) process.exitCode = code
+}, (err: unknown) => {
+  console.error(formatCliError(err))
+  process.exitCode = 1
+})

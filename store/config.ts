@@ -1,0 +1,27 @@
+import { join } from 'node:path'
+import { envString, envUrl, type Env } from '../lib/env.js'
+import { ConfigError } from '../lib/errors.js'
+import type { DbOptions } from './db.js'
+
+export const DEFAULT_DATA_DIR = './data'
+
+/**
+ * Store settings shared by every process:
+ * - `DATABASE_URL` (postgres://...) selects PostgreSQL; unset means the embedded SQLite file.
+ * - `DATABASE_SCHEMA` PostgreSQL schema (default: the connection's search_path).
+ * - `PORTCULLIS_DATA_DIR` folder for the SQLite file and the generated local secret (default ./data).
+ */
+export function dbOptionsFromEnv (env: Env): DbOptions & { dataDir: string } {
+  const dataDir = envString(env, 'PORTCULLIS_DATA_DIR', DEFAULT_DATA_DIR)
+  const url = envUrl(env, 'DATABASE_URL', ['postgres:', 'postgresql:'])
+  const schema = envString(env, 'DATABASE_SCHEMA')
+  if (schema !== undefined && !/^[a-z_][a-z0-9_]*$/.test(schema)) {
+    throw new ConfigError('DATABASE_SCHEMA', 'must be a lower-case SQL identifier')
+  }
+  return {
+    dataDir,
+    sqlitePath: join(dataDir, 'portcullis.db'),
+    ...(url !== undefined ? { databaseUrl: url.toString() } : {}),
+    ...(schema !== undefined ? { pgSchema: schema } : {})
+  }
+}
