@@ -1,0 +1,66 @@
+import { randomBytes } from 'node:crypto'
+import { linkSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { envList, type Env } from '../lib/env.js'
+import { ConfigError } from '../lib/errors.js'
+import { keySecretsFromList, MIN_SECRET_LENGTH, type KeySecrets } from './crypto.js'
+
+export type { KeySecrets } from './crypto.js'
+
+/** Env var holding the key-encryption secrets, comma-separated; the first encrypts, all decrypt. */
+export const KEY_SECRETS_ENV = 'PORTCULLIS_KEY_SECRETS'
+/** File (under the data folder) holding the generated local secret when the env var is unset. */
+export const LOCAL_SECRET_FILE = 'key-secret'
+
+function checkSecrets (list: readonly string[], where: string): void {
+  list.forEach((s, i) => {
+    if (s.length < MIN_SECRET_LENGTH) {
+      throw new ConfigError(where, `secret #${i + 1} is ${s.length} characters long; each must have at least ${MIN_SECRET_LENGTH} (e.g. from "openssl rand -base64 32")`)
+    }
+    if (/\s/.test(s)) throw new ConfigError(where, `secret #${i + 1} contains whitespace`)
+  })
+}
+
+/** Reads the local secret file, or creates it (mode 0600) exactly once even when processes race. */
+function localSecret (dataDir: string, log: Logger): string {
+  const path = join(dataDir, LOCAL_SECRET_FILE)
+  const read = (): string => readFileSync(path, 'utf8').trim()
+  try {
+    const mode = statSync(path).mode
+    if ((mode & 0o077) !== 0) log.warn({ path, mode: (mode & 0o777).toString(8) }, 'local key-encryption secret file is readable by other users; chmod 600 it')
+    return read()
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  mkdirSync(dataDir, { recursive: true })
+  // Write a private temp file, then link it into place: link() fails if another process won the race,
+  // and nobody ever reads a half-written secret.
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`
+  writeFileSync(tmp, randomBytes(32).toString('base64url') + '\n', { mode: 0o600 })
+  try {
+    linkSync(tmp, path)
+    log.warn({ path }, `${KEY_SECRETS_ENV} is not set: generated a local key-encryption secret (mode 0600). Set ${KEY_SECRETS_ENV} in production and whenever several machines share the store`)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+  } finally {
+    unlinkSync(tmp)
+  }
+  return read()
+}
+
+/**
+ * The key-encryption secrets: `PORTCULLIS_KEY_SECRETS` (comma list: first encrypts, all decrypt), or
+ * with it unset (local use) a secret generated once into `<dataDir>/key-secret` with a warning.
+ * @throws ConfigError naming PORTCULLIS_KEY_SECRETS (or the file) when a secret is too short.
+ */
+export async function loadKeySecrets (env: Env, dataDir: string, log: Logger): Promise<KeySecrets> {
+  const list = envList(env, KEY_SECRETS_ENV)
+  if (list.length > 0) {
+    checkSecrets(list, KEY_SECRETS_ENV)
+    return keySecretsFromList(list, 'env')
+  }
+  const s = localSecret(dataDir, log)
+  checkSecrets([s], join(dataDir, LOCAL_SECRET_FILE))
+  return keySecretsFromList([s], 'file')
+}
