@@ -1,0 +1,83 @@
+import { randomUUID } from 'node:crypto'
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
+import type { FastifyRequest } from 'fastify'
+
+/** An incoming `x-request-id` is kept only when it looks like an id (no spaces, quotes or control bytes). */
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
+
+/** Fastify `genReqId`: the caller's well-formed `x-request-id`, else a fresh UUID. */
+export function genRequestId (req: IncomingMessage): string {
+  const v = req.headers['x-request-id']
+  return typeof v === 'string' && REQUEST_ID.test(v) ? v : randomUUID()
+}
+
+/**
+ * Makes a claim value safe for a header line: UTF-8 percent-encoding of everything outside
+ * printable ASCII, plus `%` and `,` (the list separator of `x-user-permissions`). Plain ids and
+ * role names pass unchanged; CR/LF or non-Latin-1 claims can never make Node throw (a 500) or split
+ * a header. Services decode with `decodeURIComponent`.
+ */
+export function headerSafe (value: string): string {
+  let out = ''
+  for (const ch of value) {
+    const c = ch.codePointAt(0)!
+    out += c >= 0x20 && c <= 0x7e && ch !== '%' && ch !== ',' ? ch : encodeURIComponent(ch).replace(/[!'()*]/g, (x) => `%${x.charCodeAt(0).toString(16).toUpperCase()}`)
+  }
+  return out
+}
+
+// Lone surrogates make encodeURIComponent throw: replace them first.
+function wellFormed (s: string): string {
+  return s.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD')
+}
+
+/** Identity headers the gateway owns: a client's copies are always removed. */
+const IDENTITY_PREFIXES = ['x-user-', 'x-portcullis-']
+/** Forwarding headers: kept only from a trusted proxy, otherwise rewritten from the socket. */
+const FORWARDING = new Set(['forwarded', 'x-real-ip'])
+/** Asks a framework to treat the request as another method. */
+const METHOD_OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override'])
+/**
+ * Hop-by-hop and upgrade headers: never forwarded (RFC 9110 7.6.1). undici refuses some of them
+ * (`upgrade`, `keep-alive`, `expect`), which would otherwise be a 500.
+ */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding',
+  'upgrade', 'http2-settings', 'expect', 'proxy-authorization'])
+
+export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
+
+/**
+ * The headers an upstream receives. Runs after reply-from has removed `Connection` and every header
+ * it names, so the headers set here cannot be dropped by a client listing them in `Connection`.
+ */
+export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpHeaders, user: VerifiedIdentity | null | undefined): IncomingHttpHeaders {
+  const out: IncomingHttpHeaders = {}
+  // A peer is trusted when Fastify walked the X-Forwarded-For chain past the socket address.
+  const trusted = request.ips !== undefined && request.ips.length > 1
+  for (const name of Object.keys(headers)) {
+    if (HOP_BY_HOP.has(name) || METHOD_OVERRIDE.has(name)) continue
+    if (IDENTITY_PREFIXES.some((p) => name.startsWith(p))) continue
+    if (!trusted && (FORWARDING.has(name) || name.startsWith('x-forwarded-'))) continue
+    out[name] = headers[name]
+  }
+  const socketIp = request.socket.remoteAddress ?? ''
+  const xff = trusted ? request.headers['x-forwarded-for'] : undefined
+  out['x-forwarded-for'] = typeof xff === 'string' && xff !== '' ? `${xff}, ${socketIp}` : socketIp
+  out['x-real-ip'] = request.ip
+  if (!trusted || out['x-forwarded-proto'] === undefined) out['x-forwarded-proto'] = request.protocol
+  if (!trusted || out['x-forwarded-host'] === undefined) {
+    const host = request.headers.host
+    if (host !== undefined) out['x-forwarded-host'] = host
+  }
+  out['x-request-id'] = request.id
+  const auth = request.headers.authorization
+  if (auth !== undefined) out.authorization = auth
+  if (user !== null && user !== undefined) {
+    out['x-user-id'] = headerSafe(wellFormed(String(user.sub)))
+    if (typeof user.role === 'string') out['x-user-role'] = headerSafe(wellFormed(user.role))
+    if (Array.isArray(user.permissions)) {
+      out['x-user-permissions'] = user.permissions.map((p) => headerSafe(wellFormed(String(p)))).join(',')
+    }
+  }
+  return out
+}

@@ -1,0 +1,103 @@
+/**
+ * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The README's
+ * "Route file" section documents the same fields; keep them in step.
+ */
+const duration = {
+  description: 'seconds as a number, or a string with a unit: 250ms, 5s, 1m',
+  anyOf: [
+    { type: 'number', exclusiveMinimum: 0 },
+    { type: 'string', pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$' }
+  ]
+} as const
+
+const nonEmptyStrings = { type: 'array', items: { type: 'string', minLength: 1 }, uniqueItems: true } as const
+
+const rateLimit = {
+  anyOf: [
+    { const: false },
+    {
+      type: 'object',
+      additionalProperties: false,
+      required: ['max'],
+      properties: {
+        max: { type: 'integer', minimum: 0 },
+        timeWindow: duration
+      }
+    }
+  ]
+} as const
+
+const timeouts = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { connect: duration, headers: duration, body: duration }
+} as const
+
+export const ROUTE_FILE_SCHEMA = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  type: 'object',
+  additionalProperties: false,
+  required: ['routes'],
+  properties: {
+    issuers: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['issuer', 'audience'],
+        properties: {
+          issuer: { type: 'string', pattern: '^https?://' },
+          jwksUri: { type: 'string', pattern: '^https?://' },
+          audience: { anyOf: [{ type: 'string', minLength: 1 }, { ...nonEmptyStrings, minItems: 1 }] },
+          algorithms: { ...nonEmptyStrings, minItems: 1 }
+        }
+      }
+    },
+    trustProxy: {
+      description: 'false, true (trust every hop: only behind a proxy you control), a hop count, or addresses/CIDRs',
+      anyOf: [
+        { type: 'boolean' },
+        { type: 'integer', minimum: 1 },
+        { type: 'string', minLength: 1 },
+        { ...nonEmptyStrings, minItems: 1 }
+      ]
+    },
+    rateLimit,
+    timeouts,
+    breaker: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        failureThreshold: { type: 'integer', minimum: 1 },
+        resetTimeout: duration
+      }
+    },
+    routes: {
+      type: 'array',
+      minItems: 1,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['prefix', 'upstream'],
+        properties: {
+          name: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' },
+          prefix: { type: 'string', pattern: '^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$' },
+          upstream: { type: 'string', pattern: '^https?://' },
+          rewritePrefix: { type: 'string', pattern: '^/' },
+          methods: {
+            type: 'array',
+            minItems: 1,
+            uniqueItems: true,
+            items: { enum: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] }
+          },
+          auth: { type: 'boolean' },
+          roles: nonEmptyStrings,
+          permissions: nonEmptyStrings,
+          scopes: nonEmptyStrings,
+          rateLimit,
+          timeouts
+        }
+      }
+    }
+  }
+} as const
