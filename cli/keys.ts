@@ -1,0 +1,116 @@
+import pino from 'pino'
+import { envEnum } from '../lib/env.js'
+import { UsageError } from '../lib/errors.js'
+import { loggerOptions } from '../lib/logger.js'
+import { activationTime, pruneTime } from '../rotation/lifecycle.js'
+import { dbOptionsFromEnv } from '../store/config.js'
+import { openDb } from '../store/index.js'
+import { keyTimingsFromEnv } from '../store/key-timings.js'
+import { DEFAULT_KEY_SIZE, KEY_SIZES, openKeyStore, type KeyRecord, type KeySize, type KeyStore } from '../store/keys.js'
+import { loadKeySecrets } from '../store/secrets.js'
+import { table } from './output.js'
+
+export const help = `Usage: portcullis keys <command>
+
+Commands:
+  list [--json]              every key: kid, state, created, activated/activates, retired, prunes at
+  rotate [--activate-now]    start a new pending key now (it signs after KEY_PREPUBLISH); with
+                             --activate-now switch signing at once (to the pending key if there is one)
+  revoke <kid>               emergency: unpublish a key at once and destroy its private part; revoking
+                             the active key activates a replacement in the same transaction
+  jwks                       print the public JWKS (pending + active + retired keys)
+
+Reads the same environment as "portcullis rotation" (store, PORTCULLIS_KEY_SECRETS, KEY_SIZE and
+the lifecycle timings); see "portcullis rotation --help".`
+
+const iso = (ms: number | null): string => (ms === null ? '' : new Date(ms).toISOString())
+
+function rows (keys: readonly KeyRecord[], timings: ReturnType<typeof keyTimingsFromEnv>): Array<Record<string, string>> {
+  return keys.map((k) => ({
+    kid: k.kid,
+    state: k.state,
+    created: iso(k.createdAt),
+    'activated/activates': k.state === 'pending' ? `(${iso(activationTime(k, timings))})` : iso(k.activatedAt),
+    retired: iso(k.retiredAt ?? k.revokedAt),
+    'prunes at': iso(pruneTime(k, timings))
+  }))
+}
+
+async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof keyTimingsFromEnv>) => Promise<T>): Promise<T> {
+  const env = process.env
+  const dbOpts = dbOptionsFromEnv(env)
+  const timings = keyTimingsFromEnv(env)
+  const keySize = Number(envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))) as KeySize
+  // Human output goes to stdout; log lines (state changes, warnings) to stderr.
+  const log = pino(loggerOptions('keys', env.LOG_LEVEL ?? 'warn'), pino.destination(2))
+  const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
+  const db = openDb(dbOpts)
+  try {
+    return await fn(await openKeyStore(db, { secrets, timings, keySize, log }), timings)
+  } finally {
+    await db.close()
+  }
+}
+
+function expectArgs (cmd: string, args: string[], allowed: string[], positional = 0): { flags: Set<string>, pos: string[] } {
+  const flags = new Set<string>()
+  const pos: string[] = []
+  for (const a of args) {
+    if (a.startsWith('-')) {
+      if (!allowed.includes(a)) throw new UsageError(`keys ${cmd}: unknown option "${a}"`)
+      flags.add(a)
+    } else {
+      pos.push(a)
+    }
+  }
+  if (pos.length !== positional) {
+    throw new UsageError(positional === 0 ? `keys ${cmd}: unexpected argument "${pos[0]}"` : `keys ${cmd}: expected ${positional} argument(s), got ${pos.length}`)
+  }
+  return { flags, pos }
+}
+
+export async function run (argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv
+  switch (cmd) {
+    case 'list': {
+      const { flags } = expectArgs(cmd, rest, ['--json'])
+      return await withStore(async (store, timings) => {
+        const keys = await store.list()
+        if (flags.has('--json')) console.log(JSON.stringify(keys.map(({ publicKey: _p, ...k }) => k), null, 2))
+        else if (keys.length === 0) console.log('no keys yet (the rotation worker creates the first one, or run "portcullis keys rotate")')
+        else console.log(table(rows(keys, timings), ['kid', 'state', 'created', 'activated/activates', 'retired', 'prunes at']))
+        return 0
+      })
+    }
+    case 'rotate': {
+      const { flags } = expectArgs(cmd, rest, ['--activate-now'])
+      return await withStore(async (store) => {
+        const r = await store.rotateNow({ activateNow: flags.has('--activate-now') })
+        if (r.state === 'active') console.log(`key ${r.kid} is active and signs from now on`)
+        else if (r.created) console.log(`created pending key ${r.kid}; it is published now and starts signing at ${iso(r.activatesAt)} (the rotation worker activates it)`)
+        else console.log(`pending key ${r.kid} already exists and starts signing at ${iso(r.activatesAt)}; use --activate-now to switch now`)
+        return 0
+      })
+    }
+    case 'revoke': {
+      const { pos } = expectArgs(cmd, rest, [], 1)
+      return await withStore(async (store) => {
+        const r = await store.revoke(pos[0]!)
+        console.log(`revoked key ${r.kid}: it left the JWKS and its private part is destroyed`)
+        if (r.replacement !== undefined) console.log(`key ${r.replacement} is now the active key`)
+        return 0
+      })
+    }
+    case 'jwks': {
+      expectArgs(cmd, rest, [])
+      return await withStore(async (store) => {
+        console.log(JSON.stringify(await store.publicJwks(), null, 2))
+        return 0
+      })
+    }
+    case undefined:
+      throw new UsageError('keys: missing command (list, rotate, revoke or jwks); see portcullis keys --help')
+    default:
+      throw new UsageError(`keys: unknown command "${cmd}" (list, rotate, revoke or jwks)`)
+  }
+}

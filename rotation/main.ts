@@ -1,0 +1,111 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import pino, { type Logger } from 'pino'
+import { loggerOptions } from '../lib/logger.js'
+import admin from '../plugins/admin.js'
+import { promClient } from '../plugins/metrics.js'
+import { openDb } from '../store/index.js'
+import { openKeyStore } from '../store/keys.js'
+import { loadKeySecrets } from '../store/secrets.js'
+import { rotationConfigFromEnv, type RotationConfig } from './config.js'
+import { RotationBootError, RotationUsageError } from './errors.js'
+import { rotationMetrics } from './metrics.js'
+import { clockTrigger, fileClock, RotationWorker, scheduleTrigger, type Trigger } from './worker.js'
+
+export const help = `Usage: portcullis rotation [--once]
+
+Runs the key-rotation worker: one tick at start (an empty store gets its first key, active at once),
+then a tick on ROTATION_SCHEDULE. Each tick pre-publishes, activates, retires and prunes keys as the
+timings say, in one transaction; several workers on one store are safe.
+
+Options:
+  --once        run one tick and exit (for system cron or a Kubernetes CronJob); no metrics listener
+  -h, --help    show this help
+
+Environment:
+  DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR   the store (unset DATABASE_URL = SQLite in ./data)
+  PORTCULLIS_KEY_SECRETS   key-encryption secrets, comma list: first encrypts, all decrypt
+                           (unset: a local secret is generated into the data folder, with a warning)
+  KEY_SIZE                 RSA modulus bits for new keys: 2048 (default), 3072 or 4096
+  KEY_ROTATION_PERIOD      how long a key signs (7d)
+  KEY_PREPUBLISH           how long a new key is published before it signs (1h)
+  KEY_RETIRE_WINDOW        how long a retired key stays published (1h)
+  ACCESS_TOKEN_TTL (15m), CLOCK_SKEW (60s), VERIFIER_CACHE_MAX (300s), SIGNER_PROPAGATION (5s)
+                           bounds the windows are checked against at boot
+  ROTATION_SCHEDULE        croner pattern with seconds for the ticks ("*/30 * * * * *")
+  ROTATION_METRICS_HOST    metrics listener address (127.0.0.1)
+  ROTATION_METRICS_PORT    metrics listener port (9464; 0 = any free port)
+  LOG_LEVEL                pino level (info)`
+
+function parseArgs (argv: string[]): { once: boolean } {
+  let once = false
+  for (const a of argv) {
+    if (a === '--once') once = true
+    else throw new RotationUsageError(`rotation: unknown argument "${a}" (see portcullis rotation --help)`)
+  }
+  return { once }
+}
+
+async function metricsServer (cfg: RotationConfig, registry: promClient.Registry, ready: () => boolean | string, log: Logger): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  await app.register(admin, { registries: [registry], ready })
+  await app.listen({ host: cfg.metricsHost, port: cfg.metricsPort })
+  const addr = app.server.address()
+  log.info({ event: 'metrics_listening', host: cfg.metricsHost, port: typeof addr === 'object' && addr !== null ? addr.port : cfg.metricsPort }, 'rotation metrics listening')
+  return app
+}
+
+export async function run (argv: string[]): Promise<number> {
+  const { once } = parseArgs(argv)
+  const cfg = rotationConfigFromEnv(process.env)
+  const log = pino(loggerOptions('rotation', cfg.logLevel))
+  const now = cfg.test.clockFile !== undefined ? fileClock(cfg.test.clockFile) : Date.now
+  const secrets = await loadKeySecrets(process.env, cfg.db.dataDir, log)
+  const db = openDb(cfg.db)
+  let server: FastifyInstance | undefined
+  let trigger: Trigger | undefined
+  try {
+    const store = await openKeyStore(db, { secrets, now, timings: cfg.timings, keySize: cfg.keySize, log })
+    const registry = new promClient.Registry()
+    if (!once) promClient.collectDefaultMetrics({ register: registry })
+    const metrics = rotationMetrics(now, registry)
+    const worker = new RotationWorker({ store, timings: cfg.timings, keySize: cfg.keySize, log, metrics, holdTxMs: cfg.test.holdTxMs })
+    log.info({ event: 'start', store: db.description, once, secrets: secrets.source, timings: cfg.timings, keySize: cfg.keySize }, 'rotation worker starting')
+
+    if (once) {
+      const out = await worker.tick()
+      log.info({ event: 'done', result: out.result, changes: out.changes.length }, 'rotation tick done')
+      return 0
+    }
+
+    const stopped = new Promise<string>((resolve) => {
+      const onSignal = (sig: string): void => {
+        // A second signal means "now": dying mid-transaction rolls it back, so this is still safe.
+        process.once(sig, () => process.exit(130))
+        resolve(sig)
+      }
+      process.once('SIGTERM', () => onSignal('SIGTERM'))
+      process.once('SIGINT', () => onSignal('SIGINT'))
+    })
+    const boot = worker.tick().then(() => undefined, (err: unknown) => err)
+    const first = await Promise.race([boot, stopped.then((sig) => ({ sig }))])
+    if (first !== undefined && !(typeof first === 'object' && first !== null && 'sig' in first)) {
+      throw new RotationBootError((first as Error).message)
+    }
+    if (first === undefined) {
+      server = await metricsServer(cfg, registry, () => worker.lastError ?? true, log)
+      const fire = (): void => worker.requestTick()
+      trigger = cfg.test.clockFile !== undefined ? clockTrigger(now, fire) : scheduleTrigger(cfg.schedule, fire)
+      log.info({ event: 'scheduled', schedule: cfg.test.clockFile !== undefined ? 'test clock file' : cfg.schedule }, 'rotation worker running')
+    }
+    const sig = await stopped
+    log.info({ event: 'shutdown', signal: sig }, 'stopping: finishing the running tick')
+    trigger?.stop()
+    await worker.stop()
+    await boot
+    return 0
+  } finally {
+    trigger?.stop()
+    await server?.close()
+    await db.close()
+  }
+}
