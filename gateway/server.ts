@@ -1,5 +1,5 @@
 import { STATUS_CODES } from 'node:http'
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import metrics, { promClient, type Registry } from '../plugins/metrics.js'
 import admin from '../plugins/admin.js'
 import rateLimit from '../plugins/rate-limit.js'
@@ -78,6 +78,10 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     genReqId: genRequestId,
     trustProxy: config.trustProxy as boolean, // Fastify also accepts a hop count; its types omit it
     return503OnClosing: true,
+    // malformed URLs are refused by the router before any hook: same JSON shape, no echoed URL
+    frameworkErrors: (err, _request, reply) => {
+      void (reply as FastifyReply).code(400).send(errorBody(err as FastifyError))
+    },
     ...(opts.tls === undefined ? {} : { https: { cert: opts.tls.cert, key: opts.tls.key } })
   }) as unknown as FastifyInstance
 

@@ -1,4 +1,5 @@
-import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http'
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http'
+import { request as httpsRequest } from 'node:https'
 import type { AddressInfo } from 'node:net'
 
 export interface SeenRequest { method: string, url: string, headers: IncomingHttpHeaders, body: string }
@@ -41,4 +42,36 @@ export async function echoUpstream (name = 'upstream'): Promise<EchoUpstream> {
       server.close(() => resolve())
     })
   }
+}
+
+export interface RawResponse { status: number, headers: IncomingHttpHeaders, body: string, json: <T = Record<string, unknown>>() => T }
+
+/**
+ * One HTTP/1.1 request with the path sent exactly as given (fetch would normalise `..`, `%2e` and `//`)
+ * and the headers exactly as given (including `Connection`).
+ */
+export function rawRequest (base: string, path: string, opts: { method?: string, headers?: Record<string, string>, body?: string, ca?: string | Buffer } = {}): Promise<RawResponse> {
+  const u = new URL(base)
+  return new Promise((resolve, reject) => {
+    const mod = u.protocol === 'https:' ? httpsRequest : httpRequest
+    const req = mod({
+      host: u.hostname,
+      port: u.port,
+      path,
+      method: opts.method ?? 'GET',
+      headers: opts.headers,
+      agent: false,
+      ...(opts.ca === undefined ? {} : { ca: opts.ca, servername: 'localhost' })
+    }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString()
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json: <T>() => JSON.parse(body) as T })
+      })
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(opts.body)
+  })
 }

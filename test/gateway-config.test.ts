@@ -1,0 +1,74 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { loadGatewayConfig, parseGatewayConfig } from '../gateway/config.js'
+import { DEFAULT_CONFIG_PATH, settingsFromEnv } from '../gateway/main.js'
+
+const ISSUER = { issuer: 'http://127.0.0.1:3000', audience: 'portcullis' }
+
+t.test('defaults are filled in and durations parsed', async (t) => {
+  const c = parseGatewayConfig({
+    issuers: [ISSUER],
+    timeouts: { headers: '250ms' },
+    routes: [
+      { prefix: '/api', upstream: 'http://127.0.0.1:3001', rateLimit: { max: 5, timeWindow: '2m' } },
+      { prefix: '/pub', upstream: 'http://127.0.0.1:3002', auth: false, timeouts: { connect: 0.5 }, rateLimit: false }
+    ]
+  }, 'inline')
+  t.same(c.routes[0], {
+    name: '/api', prefix: '/api', upstream: 'http://127.0.0.1:3001', rewritePrefix: undefined, methods: undefined,
+    auth: true, roles: [], permissions: [], scopes: [], rateLimit: { max: 5, timeWindow: 120 },
+    timeouts: { connect: 2, headers: 0.25, body: 30 }
+  })
+  t.equal(c.routes[1]!.auth, false)
+  t.equal(c.routes[1]!.rateLimit, false)
+  t.same(c.routes[1]!.timeouts, { connect: 0.5, headers: 0.25, body: 30 })
+  t.same(c.rateLimit, { max: 100, timeWindow: 60 })
+  t.same(c.breaker, { failureThreshold: 5, resetTimeout: 10 })
+  t.equal(c.trustProxy, false)
+})
+
+t.test('a bad route file names the problem', async (t) => {
+  const bad: Array<[unknown, RegExp]> = [
+    [{}, /inline: \(top level\): must have required property 'routes'/],
+    [{ routes: [] }, /routes: must NOT have fewer than 1 items/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'ftp://x' }] }, /routes\/0\/upstream: must match pattern/],
+    [{ issuers: [ISSUER], routes: [{ prefix: 'a', upstream: 'http://x' }] }, /routes\/0\/prefix: must match pattern/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a/../b', upstream: 'http://x' }] }, /routes\/0\/prefix: dot segments/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', oops: 1 }] }, /routes\/0: must NOT have additional properties "oops"/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x' }, { prefix: '/a', upstream: 'http://y' }] }, /routes\/1\/prefix: "\/a" is listed twice/],
+    [{ routes: [{ prefix: '/a', upstream: 'http://x' }] }, /issuers: at least one issuer/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', timeouts: { headers: '10 parsecs' } }] }, /routes\/0\/timeouts\/headers/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: -1 } }] }, /routes\/0\/rateLimit/]
+  ]
+  for (const [data, re] of bad) t.throws(() => parseGatewayConfig(data, 'inline'), re)
+})
+
+t.test('YAML and JSON files load; unreadable or unparsable files name the path', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-gw-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const json = join(dir, 'routes.json')
+  writeFileSync(json, JSON.stringify({ routes: [{ prefix: '/p', upstream: 'http://127.0.0.1:1', auth: false }] }))
+  t.equal(loadGatewayConfig(json).routes[0]!.prefix, '/p')
+  const yaml = join(dir, 'routes.yaml')
+  writeFileSync(yaml, 'routes:\n  - prefix: /p\n    upstream: [unclosed\n')
+  t.throws(() => loadGatewayConfig(yaml), new RegExp(`${yaml}: not valid YAML`))
+  t.throws(() => loadGatewayConfig(join(dir, 'missing.yaml')), /missing\.yaml: cannot read the route file \(ENOENT\)/)
+  t.ok(loadGatewayConfig(DEFAULT_CONFIG_PATH).routes.length > 0, 'the shipped example is valid')
+})
+
+t.test('env settings are validated with the variable named', async (t) => {
+  const s = settingsFromEnv({})
+  t.equal(s.port, 8080)
+  t.equal(s.adminPort, 9090)
+  t.equal(s.host, '127.0.0.1')
+  t.equal(s.failClosed, false)
+  t.equal(s.tls, undefined)
+  t.throws(() => settingsFromEnv({ GATEWAY_PORT: 'eighty' }), /GATEWAY_PORT: expected an integer/)
+  t.throws(() => settingsFromEnv({ REDIS_URL: 'http://x' }), /REDIS_URL: expected a redis: or rediss: URL/)
+  t.throws(() => settingsFromEnv({ GATEWAY_TLS_CERT: '/x.pem' }), /GATEWAY_TLS_KEY: GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together/)
+  t.throws(() => settingsFromEnv({ GATEWAY_TLS_CERT: '/nonexistent.pem', GATEWAY_TLS_KEY: '/nonexistent.key' }), /GATEWAY_TLS_CERT: cannot read/)
+  t.throws(() => settingsFromEnv({ GATEWAY_RATE_LIMIT_FAIL_CLOSED: 'maybe' }), /GATEWAY_RATE_LIMIT_FAIL_CLOSED/)
+  t.throws(() => settingsFromEnv({ GATEWAY_SHUTDOWN_GRACE: 'soon' }), /GATEWAY_SHUTDOWN_GRACE/)
+})

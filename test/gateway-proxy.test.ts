@@ -1,0 +1,121 @@
+import t, { type Test } from 'tap'
+import { buildGateway, type Gateway } from '../gateway/server.js'
+import { parseGatewayConfig } from '../gateway/config.js'
+import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
+
+async function start (t: Test, routes: (a: EchoUpstream, b: EchoUpstream) => unknown[], extra: Record<string, unknown> = {}): Promise<{ gw: Gateway, base: string, a: EchoUpstream, b: EchoUpstream }> {
+  const a = await echoUpstream('a')
+  const b = await echoUpstream('b')
+  const gw = await buildGateway({ config: parseGatewayConfig({ routes: routes(a, b), ...extra }, 'test'), logger: false })
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => { await gw.close(); await a.close(); await b.close() })
+  const addr = gw.app.server.address()
+  return { gw, base: `http://127.0.0.1:${typeof addr === 'object' && addr !== null ? addr.port : 0}`, a, b }
+}
+
+const publicRoutes = (a: EchoUpstream, b: EchoUpstream): unknown[] => [
+  { prefix: '/a', upstream: a.url, auth: false },
+  { prefix: '/b', upstream: `${b.url}/v2`, auth: false, methods: ['GET', 'POST'] }
+]
+
+t.test('routes by prefix, rewrites to the upstream path, 404s everything else without proxying', async (t) => {
+  const { base, a, b, gw } = await start(t, publicRoutes)
+  const r1 = await rawRequest(base, '/a/items/1?x=1&y=2')
+  t.equal(r1.status, 200)
+  t.equal(r1.json().upstream, 'a')
+  t.equal(r1.json().url, '/items/1?x=1&y=2')
+  const r2 = await rawRequest(base, '/b/things', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' })
+  t.equal(r2.status, 200)
+  t.equal(r2.json().url, '/v2/things')
+  t.equal(r2.json().body, '{"n":1}', 'request body forwarded')
+  t.equal((await rawRequest(base, '/b')).json().url, '/v2')
+
+  const before = a.seen.length + b.seen.length
+  for (const p of ['/', '/c/x', '/ab', '/A/x', '/favicon.ico']) {
+    const r = await rawRequest(base, p)
+    t.equal(r.status, 404, `${p} is 404`)
+    t.same(r.json(), { statusCode: 404, code: 'PORTCULLIS_NOT_FOUND', error: 'Not Found', message: 'No route matches this path' })
+  }
+  t.equal((await rawRequest(base, '/b/x', { method: 'DELETE' })).status, 404, 'a method the route does not list is 404')
+  t.equal(a.seen.length + b.seen.length, before, 'nothing unknown reached an upstream')
+
+  const m = await gw.admin.inject({ url: '/metrics' })
+  t.match(m.body, /http_request_duration_seconds_count\{method="GET",route="\/a\/\*",status_code="200"\} 1/)
+  t.notMatch(m.body, /items\/1/, 'raw URLs are never labels')
+})
+
+t.test('dot segments, backslashes and bad escapes are refused before routing decides anything', async (t) => {
+  const { base, a, b } = await start(t, publicRoutes)
+  for (const p of ['/a/../b/x', '/a/%2e%2e/b/x', '/a/..%2fb', '/a/%2E%2E%2Fb', '/a/.%2e/b', '/a/x\\..\\y', '/a/%5c..%5cb', '/a/%zz', '/a/./x']) {
+    const r = await rawRequest(base, p)
+    t.equal(r.status, 400, `${p} -> 400`)
+    t.match(r.json().code, /^PORTCULLIS_BAD_(PATH|REQUEST)$/)
+  }
+  t.equal(a.seen.length + b.seen.length, 0)
+})
+
+t.test('header hygiene: what the upstream receives', async (t) => {
+  const { base, a } = await start(t, publicRoutes)
+  const r = await rawRequest(base, '/a/h', {
+    headers: {
+      'x-user-id': 'admin',
+      'X-User-Role': 'admin',
+      'x-user-permissions': 'everything:*',
+      'x-portcullis-internal': '1',
+      'x-forwarded-for': '6.6.6.6',
+      'x-forwarded-host': 'evil.example',
+      'x-forwarded-proto': 'https',
+      'x-forwarded-port': '443',
+      'x-real-ip': '6.6.6.6',
+      forwarded: 'for=6.6.6.6',
+      'x-http-method-override': 'DELETE',
+      'x-method-override': 'DELETE',
+      'x-http-method': 'DELETE',
+      authorization: 'Bearer abc',
+      'x-request-id': 'client-req-42',
+      'x-custom': 'kept',
+      // the hop-by-hop trick: ask the proxy to drop the headers it adds or must forward
+      connection: 'keep-alive, x-request-id, x-forwarded-for, x-real-ip, authorization, x-user-id'
+    }
+  })
+  t.equal(r.status, 200)
+  const h = r.json<{ headers: Record<string, string> }>().headers
+  for (const name of ['x-user-role', 'x-user-permissions', 'x-portcullis-internal', 'x-forwarded-port', 'forwarded', 'x-http-method-override', 'x-method-override', 'x-http-method']) {
+    t.equal(h[name], undefined, `${name} removed`)
+  }
+  t.equal(h['x-user-id'], undefined, 'no identity on a public route')
+  t.equal(h['x-forwarded-for'], '127.0.0.1', 'x-forwarded-for rewritten from the socket')
+  t.equal(h['x-real-ip'], '127.0.0.1')
+  t.equal(h['x-forwarded-proto'], 'http')
+  t.match(h['x-forwarded-host'], /^127\.0\.0\.1:\d+$/)
+  t.equal(h.authorization, 'Bearer abc', 'Authorization forwarded even when listed in Connection')
+  t.equal(h['x-request-id'], 'client-req-42', 'the request id is forwarded even when listed in Connection')
+  t.equal(r.headers['x-request-id'], h['x-request-id'], 'the client gets the same request id')
+  t.equal(h['x-custom'], 'kept')
+  t.equal(a.seen[0]!.method, 'GET', 'method override ignored')
+
+  const kept = await rawRequest(base, '/a/h', { headers: { 'x-request-id': 'client-req-42' } })
+  t.equal(kept.json<{ headers: Record<string, string> }>().headers['x-request-id'], 'client-req-42', 'a well-formed incoming id is kept')
+  t.equal(kept.headers['x-request-id'], 'client-req-42')
+  const bad = await rawRequest(base, '/a/h', { headers: { 'x-request-id': 'has spaces "and" quotes' } })
+  t.not(bad.json<{ headers: Record<string, string> }>().headers['x-request-id'], 'has spaces "and" quotes', 'a malformed id is replaced')
+})
+
+t.test('Upgrade: h2c and Expect are not forwarded (no 500)', async (t) => {
+  const { base } = await start(t, publicRoutes)
+  const r = await rawRequest(base, '/a/up', { headers: { connection: 'Upgrade, HTTP2-Settings', upgrade: 'h2c', 'http2-settings': 'AAMAAABkAARAAAAAAAIAAAAA' } })
+  t.equal(r.status, 200)
+  const h = r.json<{ headers: Record<string, string> }>().headers
+  t.equal(h.upgrade, undefined)
+  t.equal(h['http2-settings'], undefined)
+})
+
+t.test('forwarding headers from a trusted proxy are kept and extended', async (t) => {
+  const { base } = await start(t, publicRoutes, { trustProxy: ['127.0.0.1'] })
+  const r = await rawRequest(base, '/a/x', { headers: { 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'api.example.com' } })
+  const h = r.json<{ headers: Record<string, string> }>().headers
+  t.equal(h['x-forwarded-for'], '203.0.113.7, 127.0.0.1')
+  t.equal(h['x-real-ip'], '203.0.113.7')
+  t.equal(h['x-forwarded-proto'], 'https')
+  t.equal(h['x-forwarded-host'], 'api.example.com')
+})
