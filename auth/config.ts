@@ -1,0 +1,126 @@
+import { envDuration, envInt, envList, envString, envUrl, type Env } from '../lib/env.js'
+import { ConfigError } from '../lib/errors.js'
+import { scryptParamsFromEnv, type ScryptParams } from '../store/password.js'
+import { jwksCacheMaxAge, type KeyTimings } from '../store/key-timings.js'
+import { DEFAULT_REFRESH_ABSOLUTE_TTL, DEFAULT_REFRESH_IDLE_TTL } from '../store/refresh.js'
+
+export interface AuthConfig {
+  host: string
+  port: number
+  adminPort: number
+  /** `iss` of every token, and the base of the discovery URLs; no trailing slash. */
+  issuer: string
+  /** Default `aud`. */
+  audience: string
+  /** Access-token lifetime, seconds. */
+  accessTokenTtl: number
+  /** `Cache-Control: max-age` of the JWKS and discovery documents, seconds (<= pre-publish / 2 and <= VERIFIER_CACHE_MAX). */
+  jwksMaxAge: number
+  /** How often the signing key and the JWKS are re-read from the store, ms. */
+  keyPollInterval: number
+  /** The signer stops signing when its view of the keys is older than this, ms (SIGNER_PROPAGATION). */
+  keyMaxStaleness: number
+  refreshIdleTtl: number
+  refreshAbsoluteTtl: number
+  /** Largest accepted request body, bytes. */
+  bodyLimit: number
+  login: { ipMax: number, ipWindow: number, userMax: number, userWindow: number }
+  /** Fastify `trustProxy`: false, true, or the proxy addresses/CIDRs to trust. */
+  trustProxy: boolean | string[]
+  scrypt: ScryptParams
+}
+
+export const DEFAULT_AUTH_HOST = '127.0.0.1'
+export const DEFAULT_AUTH_PORT = 3000
+export const DEFAULT_AUTH_ADMIN_PORT = 9091
+export const DEFAULT_AUTH_ISSUER = 'http://127.0.0.1:3000'
+export const DEFAULT_AUTH_AUDIENCE = 'portcullis'
+export const DEFAULT_BODY_LIMIT = 4096
+export const DEFAULT_KEY_POLL_INTERVAL = 1
+export const DEFAULT_LOGIN_IP_MAX = 30
+export const DEFAULT_LOGIN_IP_WINDOW = 60
+export const DEFAULT_LOGIN_USER_MAX = 5
+export const DEFAULT_LOGIN_USER_WINDOW = 300
+
+/** Every variable the auth service reads itself (`--help` and the README list these). */
+export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
+  ['AUTH_HOST', DEFAULT_AUTH_HOST, 'public listener address'],
+  ['AUTH_PORT', String(DEFAULT_AUTH_PORT), 'public listener port (login, refresh, logout, /oauth/token, JWKS, discovery)'],
+  ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST'],
+  ['AUTH_ISSUER', DEFAULT_AUTH_ISSUER, '`iss` claim and base URL of jwks_uri / token_endpoint in discovery'],
+  ['AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE, 'default `aud` claim (a client can have its own)'],
+  ['AUTH_KEY_POLL_INTERVAL', `${DEFAULT_KEY_POLL_INTERVAL}s`, 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
+  ['REFRESH_IDLE_TTL', '7d', 'a refresh token unused for this long is refused'],
+  ['REFRESH_ABSOLUTE_TTL', '30d', 'a refresh-token family (one login) ends this long after login; >= REFRESH_IDLE_TTL'],
+  ['AUTH_BODY_LIMIT', String(DEFAULT_BODY_LIMIT), 'largest request body in bytes; larger is 400 invalid_request'],
+  ['AUTH_LOGIN_IP_MAX', String(DEFAULT_LOGIN_IP_MAX), 'login attempts per client IP per AUTH_LOGIN_IP_WINDOW, then 429'],
+  ['AUTH_LOGIN_IP_WINDOW', `${DEFAULT_LOGIN_IP_WINDOW}s`, 'window of AUTH_LOGIN_IP_MAX'],
+  ['AUTH_LOGIN_USER_MAX', String(DEFAULT_LOGIN_USER_MAX), 'login attempts per username (known or not) per AUTH_LOGIN_USER_WINDOW, then 429'],
+  ['AUTH_LOGIN_USER_WINDOW', `${DEFAULT_LOGIN_USER_WINDOW / 60}m`, 'window of AUTH_LOGIN_USER_MAX'],
+  ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
+  ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
+  ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes'],
+  ['PASSWORD_SCRYPT_P', '1', 'scrypt parallelization for new hashes']
+]
+
+function trustProxyFromEnv (env: Env): boolean | string[] {
+  const list = envList(env, 'AUTH_TRUST_PROXY')
+  if (list.length === 0) return false
+  if (list.length === 1 && /^(true|false)$/i.test(list[0]!)) return list[0]!.toLowerCase() === 'true'
+  for (const a of list) {
+    if (!/^[0-9a-fA-F.:]+(\/\d{1,3})?$/.test(a)) throw new ConfigError('AUTH_TRUST_PROXY', `"${a}" is not an IP address or CIDR`)
+  }
+  return list
+}
+
+/**
+ * Reads and checks the auth settings; throws ConfigError naming the variable. `timings` come from
+ * `keyTimingsFromEnv` (ACCESS_TOKEN_TTL, CLOCK_SKEW, KEY_PREPUBLISH, VERIFIER_CACHE_MAX, SIGNER_PROPAGATION).
+ */
+export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
+  const host = envString(env, 'AUTH_HOST', DEFAULT_AUTH_HOST)
+  const port = envInt(env, 'AUTH_PORT', DEFAULT_AUTH_PORT, { min: 0, max: 65535 })
+  const adminPort = envInt(env, 'AUTH_ADMIN_PORT', DEFAULT_AUTH_ADMIN_PORT, { min: 0, max: 65535 })
+  if (port !== 0 && port === adminPort) throw new ConfigError('AUTH_ADMIN_PORT', `must differ from AUTH_PORT (${port})`)
+  const issuerUrl = envUrl(env, 'AUTH_ISSUER', ['http:', 'https:'])
+  const issuer = (issuerUrl?.toString() ?? DEFAULT_AUTH_ISSUER).replace(/\/+$/, '')
+  if (issuerUrl !== undefined && (issuerUrl.search !== '' || issuerUrl.hash !== '')) {
+    throw new ConfigError('AUTH_ISSUER', 'must not have a query or fragment')
+  }
+  const audience = envString(env, 'AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE)
+  if (!/^[\x21-\x7E]{1,256}$/.test(audience)) throw new ConfigError('AUTH_AUDIENCE', 'must be 1-256 printable characters without spaces')
+
+  const keyPollInterval = envDuration(env, 'AUTH_KEY_POLL_INTERVAL', DEFAULT_KEY_POLL_INTERVAL, { min: 0.01 })
+  if (keyPollInterval >= timings.signerPropagation) {
+    throw new ConfigError('AUTH_KEY_POLL_INTERVAL', `must be shorter than SIGNER_PROPAGATION (${timings.signerPropagation}s): a new active key must be noticed within it`)
+  }
+  const refreshIdleTtl = envDuration(env, 'REFRESH_IDLE_TTL', DEFAULT_REFRESH_IDLE_TTL, { min: 1 })
+  const refreshAbsoluteTtl = envDuration(env, 'REFRESH_ABSOLUTE_TTL', DEFAULT_REFRESH_ABSOLUTE_TTL, { min: 1 })
+  if (refreshAbsoluteTtl < refreshIdleTtl) {
+    throw new ConfigError('REFRESH_ABSOLUTE_TTL', `must be >= REFRESH_IDLE_TTL (${refreshIdleTtl}s)`)
+  }
+  const bodyLimit = envInt(env, 'AUTH_BODY_LIMIT', DEFAULT_BODY_LIMIT, { min: 256, max: 1024 * 1024 })
+  const login = {
+    ipMax: envInt(env, 'AUTH_LOGIN_IP_MAX', DEFAULT_LOGIN_IP_MAX, { min: 1 }),
+    ipWindow: envDuration(env, 'AUTH_LOGIN_IP_WINDOW', DEFAULT_LOGIN_IP_WINDOW, { min: 1 }) * 1000,
+    userMax: envInt(env, 'AUTH_LOGIN_USER_MAX', DEFAULT_LOGIN_USER_MAX, { min: 1 }),
+    userWindow: envDuration(env, 'AUTH_LOGIN_USER_WINDOW', DEFAULT_LOGIN_USER_WINDOW, { min: 1 }) * 1000
+  }
+  return {
+    host,
+    port,
+    adminPort,
+    issuer,
+    audience,
+    accessTokenTtl: timings.accessTokenTtl,
+    jwksMaxAge: jwksCacheMaxAge(timings),
+    keyPollInterval: Math.round(keyPollInterval * 1000),
+    keyMaxStaleness: Math.round(timings.signerPropagation * 1000),
+    refreshIdleTtl,
+    refreshAbsoluteTtl,
+    bodyLimit,
+    login,
+    trustProxy: trustProxyFromEnv(env),
+    scrypt: scryptParamsFromEnv(env)
+  }
+}

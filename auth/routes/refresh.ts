@@ -1,0 +1,60 @@
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { RotateFailure } from '../../store/refresh.js'
+import { issueAccessToken, noStore, type AuthContext } from '../context.js'
+import { InvalidRefreshTokenError, NoSigningKeyError } from '../errors.js'
+import { refreshBody, type RefreshBody } from './schemas.js'
+
+export interface TokenPair {
+  access_token: string
+  token_type: 'Bearer'
+  expires_in: number
+  refresh_token: string
+}
+
+/**
+ * Rotates a refresh token and signs a new access token for its user (shared by /auth/refresh and
+ * the refresh_token grant of /oauth/token). Re-use of a rotated token is a security event: the
+ * store has revoked the family; it is logged and counted here.
+ */
+export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyRequest, token: string): Promise<TokenPair | RotateFailure> {
+  if (!ctx.signer.ready) throw new NoSigningKeyError()
+  const r = await ctx.refresh.rotate(token)
+  if (!r.ok) {
+    if (r.reason === 'reused') {
+      ctx.metrics.refreshReuse.inc()
+      req.log.warn({ event: 'refresh_token_reuse', security: true, family: r.familyId, sub: r.subject, ip: req.ip },
+        'an already-rotated refresh token was presented: its family is revoked')
+    } else {
+      req.log.info({ event: 'auth_failure', reason: `refresh_${r.reason}`, family: r.familyId, ip: req.ip }, 'refresh refused')
+    }
+    return r.reason
+  }
+  const user = await ctx.users.getById(r.subject)
+  if (user === null) {
+    await ctx.refresh.revoke(r.token, 'subject_removed')
+    return 'revoked'
+  }
+  const access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions })
+  ctx.metrics.tokensIssued.inc({ grant: 'refresh_token' })
+  req.log.info({ event: 'auth_success', grant: 'refresh_token', sub: user.id, kid: access.kid, ip: req.ip }, 'refresh')
+  return { access_token: access.accessToken, token_type: 'Bearer', expires_in: access.expiresIn, refresh_token: r.token }
+}
+
+/** POST /auth/refresh (a new pair for a refresh token) and POST /auth/logout (revokes its family). */
+const refresh: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
+  app.post<{ Body: RefreshBody }>('/auth/refresh', { schema: { body: refreshBody } }, async (req, reply) => {
+    const result = await exchangeRefreshToken(ctx, req, req.body.refresh_token)
+    if (typeof result === 'string') throw new InvalidRefreshTokenError()
+    noStore(reply)
+    return result
+  })
+
+  // Always 204 for a well-formed request, like RFC 7009 revocation: the answer says nothing about the token.
+  app.post<{ Body: RefreshBody }>('/auth/logout', { schema: { body: refreshBody } }, async (req, reply) => {
+    const revoked = await ctx.refresh.revoke(req.body.refresh_token, 'logout')
+    req.log.info({ event: 'logout', revoked, ip: req.ip }, 'logout')
+    return reply.code(204).send()
+  })
+}
+
+export default refresh

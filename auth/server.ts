@@ -1,0 +1,133 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import rateLimit from '@fastify/rate-limit'
+import admin from '../plugins/admin.js'
+import metrics, { type Registry } from '../plugins/metrics.js'
+import type { Db } from '../store/db.js'
+import type { ClientStore } from '../store/clients.js'
+import type { RefreshStore } from '../store/refresh.js'
+import type { UserStore } from '../store/users.js'
+import type { AuthConfig } from './config.js'
+import type { AuthContext } from './context.js'
+import { installErrorHandling } from './http-errors.js'
+import { createAuthMetrics, type AuthMetrics } from './metrics.js'
+import login from './routes/login.js'
+import refresh from './routes/refresh.js'
+import token from './routes/token.js'
+import wellKnown from './routes/well-known.js'
+import { Signer, type KeySource } from './signer.js'
+
+/** Expired refresh-token families are deleted this often, ms. */
+export const PRUNE_INTERVAL = 60 * 60 * 1000
+
+export interface AuthServiceOptions {
+  config: AuthConfig
+  /** The store (for readiness). */
+  db: Db
+  /** Signing keys and the JWKS (store/keys.ts `KeyStore`). */
+  keys: KeySource
+  users: UserStore
+  clients: ClientStore
+  refresh: RefreshStore
+  /** Clock in epoch ms for token times. @defaultValue Date.now */
+  now?: () => number
+  /** Fastify logger options (both listeners). @defaultValue false */
+  logger?: FastifyServerOptions['logger']
+  /** A logger instance instead of `logger`. */
+  loggerInstance?: FastifyBaseLogger
+  /** Process metrics (CPU, memory, event loop) on /metrics. @defaultValue true */
+  defaultMetrics?: boolean
+}
+
+export interface AuthService {
+  /** The public app (not listening yet). */
+  app: FastifyInstance
+  /** The admin app: /health/live, /health/ready, /metrics (not listening yet). */
+  admin: FastifyInstance
+  signer: Signer
+  metrics: AuthMetrics
+  registry: Registry
+  /** Closes both apps and stops the signer; idempotent. The stores stay open (the caller owns them). */
+  close(): Promise<void>
+}
+
+/**
+ * Builds the auth service: the public app (login, refresh, logout, /oauth/token, JWKS, discovery)
+ * and its admin app. Reads the key store once before returning (throws when it cannot).
+ */
+export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthService> {
+  const cfg = opts.config
+  const log = opts.loggerInstance !== undefined ? { loggerInstance: opts.loggerInstance } : { logger: opts.logger ?? false }
+  const app = Fastify({
+    ...log,
+    bodyLimit: cfg.bodyLimit,
+    trustProxy: cfg.trustProxy,
+    requestIdHeader: 'x-request-id',
+    return503OnClosing: true,
+    // No type coercion: `{"username": 123}` is a 400, not the string "123".
+    ajv: { customOptions: { coerceTypes: false } }
+  })
+  await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
+  const m = createAuthMetrics(app.metricsRegistry)
+  await app.register(rateLimit, { global: false })
+  installErrorHandling(app, cfg.bodyLimit)
+
+  const signer = new Signer({
+    keys: opts.keys,
+    pollInterval: cfg.keyPollInterval,
+    maxStaleness: cfg.keyMaxStaleness,
+    log: app.log.child({ component: 'signer' }),
+    onKeyChange: () => m.keyChanges.inc(),
+    onRefreshError: () => m.keyReadFailures.inc()
+  })
+  const ctx: AuthContext = {
+    config: cfg,
+    users: opts.users,
+    clients: opts.clients,
+    refresh: opts.refresh,
+    signer,
+    metrics: m,
+    now: opts.now ?? Date.now
+  }
+  await app.register(login, ctx)
+  await app.register(refresh, ctx)
+  await app.register(token, ctx)
+  await app.register(wellKnown, ctx)
+
+  const prune = setInterval(() => {
+    opts.refresh.prune().then((n) => {
+      if (n > 0) app.log.info({ families: n }, 'pruned expired refresh-token families')
+    }, (err: unknown) => app.log.warn({ err }, 'refresh-token prune failed'))
+  }, PRUNE_INTERVAL)
+  prune.unref()
+  app.addHook('onClose', async () => {
+    clearInterval(prune)
+    signer.stop()
+  })
+
+  await signer.start()
+
+  const adminApp = Fastify({ ...log })
+  await adminApp.register(admin, {
+    registries: [app.metricsRegistry],
+    ready: async () => {
+      await opts.db.query('SELECT 1')
+      return signer.ready ? true : 'no usable signing key (none is active, or the key store could not be read lately)'
+    }
+  })
+
+  let closing: Promise<void> | undefined
+  return {
+    app,
+    admin: adminApp,
+    signer,
+    metrics: m,
+    registry: app.metricsRegistry,
+    close: () => {
+      closing ??= (async () => {
+        await adminApp.close()
+        await app.close()
+      })()
+      return closing
+    }
+  }
+}
