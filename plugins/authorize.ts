@@ -1,0 +1,94 @@
+import fp from 'fastify-plugin'
+import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, RouteOptions } from 'fastify'
+import { forbiddenError, httpErrorFor } from './auth-errors.js'
+import type { VerifiedUser } from './jwks-verify.js'
+
+/** What a route needs beyond a valid token. Every listed entry kind must be satisfied. */
+export interface RouteAuthRules {
+  /** The token's `role` must be one of these. */
+  roles?: string[]
+  /** The token's `permissions` must contain all of these. */
+  permissions?: string[]
+  /** The token's `scope` must contain all of these. */
+  scopes?: string[]
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** `false`: no token needed. An object: a valid token plus these rules. Absent: a valid token (global mode). */
+    auth?: false | RouteAuthRules
+  }
+  interface FastifyInstance {
+    /** Set once the authorize plugin enforces `config.auth` rules in this context. */
+    portcullisAuthorize: true
+  }
+}
+
+function currentUser (request: FastifyRequest): VerifiedUser | null {
+  return (request as unknown as { user?: VerifiedUser | null }).user ?? null
+}
+
+/** Why a user fails the rules, or null when the rules are satisfied. */
+export function missingRight (user: VerifiedUser, rules: RouteAuthRules): string | null {
+  if (rules.roles !== undefined && rules.roles.length > 0 && (user.role === undefined || !rules.roles.includes(user.role))) {
+    return `role (one of ${rules.roles.join(', ')})`
+  }
+  for (const p of rules.permissions ?? []) if (!user.permissions.includes(p)) return `permission ${p}`
+  for (const s of rules.scopes ?? []) if (!user.scope.includes(s)) return `scope ${s}`
+  return null
+}
+
+/**
+ * A preHandler enforcing rules: 401 (`invalid_token`) when the request is not authenticated, 403
+ * (`insufficient_scope`) when the user lacks a right. The body never says which right.
+ */
+export function requireRules (rules: RouteAuthRules): preHandlerAsyncHookHandler {
+  return async function authorizeRequest (request) {
+    const user = currentUser(request)
+    if (user === null) throw httpErrorFor('missing')
+    const missing = missingRight(user, rules)
+    if (missing !== null) {
+      request.log.info({ event: 'auth_forbidden', sub: user.sub, route: request.routeOptions.url, method: request.method, missing }, 'authorization refused')
+      throw forbiddenError()
+    }
+  }
+}
+
+/** The user's `role` must be one of `roles`. */
+export const requireRole = (...roles: string[]): preHandlerAsyncHookHandler => requireRules({ roles })
+/** The user must hold every one of `permissions`. */
+export const requirePermission = (...permissions: string[]): preHandlerAsyncHookHandler => requireRules({ permissions })
+/** The token's scope must contain every one of `scopes`. */
+export const requireScope = (...scopes: string[]): preHandlerAsyncHookHandler => requireRules({ scopes })
+
+function checkRules (rules: unknown, route: string): RouteAuthRules {
+  if (rules === null || typeof rules !== 'object' || Array.isArray(rules)) {
+    throw new Error(`route ${route}: config.auth must be false or { roles?, permissions?, scopes? }`)
+  }
+  for (const [k, v] of Object.entries(rules)) {
+    if (k !== 'roles' && k !== 'permissions' && k !== 'scopes') throw new Error(`route ${route}: config.auth.${k} is not a known rule (roles, permissions, scopes)`)
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x !== '')) {
+      throw new Error(`route ${route}: config.auth.${k} must be an array of non-empty strings`)
+    }
+  }
+  return rules as RouteAuthRules
+}
+
+/**
+ * Enforces each route's `config.auth` rules by appending a preHandler to the route, so it runs after
+ * any authentication preHandler the route declares (`app.authenticate` with `global: false`).
+ * Register before the routes it should cover (jwks-auth registers it for you).
+ */
+const authorize: FastifyPluginAsync = async (app) => {
+  if (app.hasDecorator('portcullisAuthorize')) return
+  app.decorate('portcullisAuthorize', true)
+  app.addHook('onRoute', (route: RouteOptions) => {
+    const rules = route.config?.auth
+    if (rules === undefined || rules === false) return
+    const checked = checkRules(rules, `${String(route.method)} ${route.url}`)
+    const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler]
+    route.preHandler = [...existing, requireRules(checked)]
+  })
+}
+
+export default fp(authorize, { fastify: '5.x', name: 'portcullis-authorize' })

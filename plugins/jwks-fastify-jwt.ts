@@ -1,0 +1,70 @@
+import type { FastifyJWTOptions } from '@fastify/jwt'
+import type { ResolvedOptions } from './auth-options.js'
+import { AuthFailure } from './auth-errors.js'
+import { pemOf } from './jwks-keys.js'
+import type { IssuerKeys } from './jwks-refresher.js'
+import type { VerifiedUser } from './jwks-verify.js'
+
+interface Decoded { header: Record<string, unknown>, payload: Record<string, unknown> }
+
+function strings (v: unknown): string[] {
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []
+}
+
+/**
+ * Options for @fastify/jwt so that `request.jwtVerify()` (its own, slower path without our token
+ * cache or reason codes) still only trusts the allowlisted issuers' keys with the pinned algorithms,
+ * audiences and required claims. The plugin's hook and `app.authenticate` do not use this path.
+ */
+export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string, IssuerKeys>): FastifyJWTOptions {
+  const algorithms = [...new Set(options.issuers.flatMap((i) => i.algorithms))]
+  const audiences = [...new Set(options.issuers.flatMap((i) => i.audiences))]
+  return {
+    secret: {
+      public: async (_request: unknown, token: unknown) => {
+        const { header, payload } = token as Decoded
+        const issuer = typeof payload.iss === 'string' ? issuers.get(payload.iss) : undefined
+        if (issuer === undefined) throw new AuthFailure('bad_issuer')
+        if (typeof header.alg !== 'string' || !(issuer.config.algorithms as string[]).includes(header.alg)) throw new AuthFailure('alg_not_allowed')
+        const kid = header.kid
+        if (typeof kid !== 'string' || kid === '' || kid.length > 256) throw new AuthFailure('malformed')
+        if (!issuer.keys.has(kid)) await issuer.resolveMissing(kid)
+        const entry = issuer.keys.get(kid)
+        if (entry === undefined) throw new AuthFailure('unknown_kid')
+        if (issuer.freshness(options.now()) === 'unavailable') throw new AuthFailure('jwks_unavailable')
+        if (entry.alg !== undefined && entry.alg !== header.alg) throw new AuthFailure('alg_not_allowed')
+        return pemOf(entry)
+      }
+    },
+    decode: { complete: true },
+    verify: {
+      algorithms,
+      allowedIss: options.issuers.map((i) => i.issuer),
+      allowedAud: audiences,
+      requiredClaims: options.requiredClaims,
+      clockTolerance: options.clockToleranceMs
+    },
+    trusted: (_request, decoded) => {
+      const payload = decoded as Record<string, unknown>
+      const issuer = issuers.get(payload.iss as string)
+      const aud = typeof payload.aud === 'string' ? [payload.aud] : strings(payload.aud)
+      return issuer !== undefined && aud.some((a) => issuer.config.audiences.includes(a)) && typeof payload.sub === 'string'
+    },
+    formatUser: (payload) => {
+      const p = payload as Record<string, unknown>
+      const user: VerifiedUser = {
+        sub: p.sub as string,
+        iss: p.iss as string,
+        aud: p.aud as string | string[],
+        permissions: strings(p.permissions),
+        scope: typeof p.scope === 'string' ? p.scope.split(' ').filter((s) => s !== '') : [],
+        exp: p.exp as number,
+        claims: p
+      }
+      if (typeof p.role === 'string') user.role = p.role
+      if (typeof p.iat === 'number') user.iat = p.iat
+      if (typeof p.jti === 'string') user.jti = p.jti
+      return Object.freeze(user)
+    }
+  }
+}

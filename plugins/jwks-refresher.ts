@@ -1,0 +1,272 @@
+import buildGetJwks from 'get-jwks'
+import type { FastifyBaseLogger } from 'fastify'
+import type { AuthMetrics } from './auth-metrics.js'
+import type { ResolvedIssuer, ResolvedOptions } from './auth-options.js'
+import { MAX_JWKS_KEYS } from './auth-options.js'
+import { parseJwk, parseJwks, type KeyEntry } from './jwks-keys.js'
+
+/** Largest JWKS body read; a real one is a few KB. */
+const MAX_JWKS_BYTES = 256 * 1024
+/** First retry delay while an issuer has never been loaded; doubles up to the refresh interval. */
+const FIRST_RETRY_MS = 500
+
+interface LruLike { keys (): IterableIterator<string>, delete (key: string): void }
+
+export type KeyFreshness = 'fresh' | 'stale' | 'unavailable'
+export type MissOutcome = 'found' | 'not_found' | 'unavailable'
+export type RefreshResult = 'updated' | 'not_modified' | 'failure'
+
+interface TimeoutSignalLike {
+  readonly aborted: boolean
+  readonly reason: unknown
+  addEventListener (type: string, listener: (this: unknown) => void): void
+  removeEventListener (type: string, listener: (this: unknown) => void): void
+}
+
+/**
+ * get-jwks copies `fetchOptions` once, when it is built, so a single `AbortSignal.timeout(ms)` would
+ * abort every fetch made after the first `ms` milliseconds of the process (measured). This object
+ * has the shape fetch accepts for a signal and gives every fetch that subscribes to it its own timer.
+ */
+function perFetchTimeoutSignal (ms: number): TimeoutSignalLike {
+  const timers = new Map<(this: unknown) => void, NodeJS.Timeout>()
+  const signal: TimeoutSignalLike = {
+    aborted: false,
+    reason: undefined,
+    addEventListener (type, listener) {
+      if (type !== 'abort') return
+      const timer = setTimeout(() => {
+        timers.delete(listener)
+        listener.call(signal)
+      }, ms)
+      timer.unref()
+      timers.set(listener, timer)
+    },
+    removeEventListener (type, listener) {
+      if (type !== 'abort') return
+      clearTimeout(timers.get(listener))
+      timers.delete(listener)
+    }
+  }
+  return signal
+}
+
+export interface IssuerKeysDeps {
+  options: ResolvedOptions
+  metrics: AuthMetrics
+  log: FastifyBaseLogger
+  /** Called with the kids that left the set (or changed material), so cached verifications are dropped. */
+  onRemoved: (issuer: string, kids: string[]) => void
+}
+
+/**
+ * The key map of one issuer: the single source of truth for which kids verify. Kept current by a
+ * background conditional refresh (ETag); unknown kids trigger one get-jwks fetch per cooldown.
+ */
+export class IssuerKeys {
+  readonly config: ResolvedIssuer
+  keys = new Map<string, KeyEntry>()
+  #deps: IssuerKeysDeps
+  #getJwks: buildGetJwks.GetJwks
+  #domain: string
+  #etag: string | undefined
+  #lastSuccess = Number.NEGATIVE_INFINITY
+  #staleAllowed = true
+  #loaded = false
+  #failures = 0
+  #cooldownUntil = Number.NEGATIVE_INFINITY
+  #kidFlight: Promise<MissOutcome> | null = null
+  #refreshFlight: Promise<RefreshResult> | null = null
+  #timer: NodeJS.Timeout | undefined
+  #stopped = false
+
+  constructor (config: ResolvedIssuer, deps: IssuerKeysDeps) {
+    this.config = config
+    this.#deps = deps
+    const cut = config.jwksUri.lastIndexOf('/') + 1
+    this.#domain = config.jwksUri.slice(0, cut)
+    this.#getJwks = buildGetJwks({
+      max: MAX_JWKS_KEYS,
+      ttl: deps.options.keyCacheTtlMs,
+      // get-jwks fetches only from this issuer's JWKS location, whatever a token says.
+      issuersWhitelist: [this.#domain],
+      jwksPath: config.jwksUri.slice(cut),
+      fetchOptions: {
+        signal: perFetchTimeoutSignal(deps.options.fetchTimeoutMs) as unknown as AbortSignal,
+        redirect: 'error'
+      }
+    })
+  }
+
+  /** True once a full JWKS fetch succeeded. */
+  get loaded (): boolean {
+    return this.#loaded
+  }
+
+  /** Whether held keys may verify now: fresh within the cache TTL, then stale (bounded) only after network/5xx failures. */
+  freshness (now: number): KeyFreshness {
+    const age = now - this.#lastSuccess
+    if (age <= this.#deps.options.keyCacheTtlMs) return 'fresh'
+    if (this.#staleAllowed && age <= this.#deps.options.keyCacheTtlMs + this.#deps.options.maxStaleAgeMs) return 'stale'
+    return 'unavailable'
+  }
+
+  /**
+   * An unknown kid: at most one fetch in flight, and none during the cooldown after a fetch, so a
+   * flood of random kids costs at most one JWKS request per cooldown.
+   */
+  async resolveMissing (kid: string): Promise<MissOutcome> {
+    const inFlight = this.#kidFlight ?? this.#refreshFlight
+    if (inFlight !== null) {
+      await inFlight
+      return this.keys.has(kid) ? 'found' : this.#loaded ? 'not_found' : 'unavailable'
+    }
+    const now = this.#deps.options.now()
+    if (now < this.#cooldownUntil) {
+      this.#deps.metrics.refresh.inc({ result: 'kid_cooldown' })
+      return this.#loaded || this.keys.size > 0 ? 'not_found' : 'unavailable'
+    }
+    this.#cooldownUntil = now + this.#deps.options.kidMissCooldownMs
+    this.#kidFlight = this.#fetchKid(kid).finally(() => { this.#kidFlight = null })
+    return await this.#kidFlight
+  }
+
+  async #fetchKid (kid: string): Promise<MissOutcome> {
+    try {
+      const jwk = await this.#getJwks.getJwk({ domain: this.#domain, alg: undefined as unknown as string, kid })
+      const entry = parseJwk(jwk)
+      this.#lastSuccess = this.#deps.options.now()
+      this.#staleAllowed = true
+      if (typeof entry === 'string') {
+        this.#deps.log.warn({ event: 'jwks_key_rejected', issuer: this.config.issuer, kid, why: entry }, 'JWKS key refused')
+        this.#evictGetJwks([kid])
+        this.#deps.metrics.refresh.inc({ result: 'kid_not_found' })
+        return 'not_found'
+      }
+      this.keys = new Map(this.keys).set(kid, entry)
+      this.#deps.metrics.keys.set({ issuer: this.config.issuer }, this.keys.size)
+      this.#deps.metrics.refresh.inc({ result: 'kid_found' })
+      return 'found'
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      if (code === 'JWK_NOT_FOUND' || code === 'NO_JWKS') {
+        this.#deps.metrics.refresh.inc({ result: 'kid_not_found' })
+        return this.#loaded || this.keys.size > 0 ? 'not_found' : 'unavailable'
+      }
+      this.#deps.metrics.refresh.inc({ result: 'failure' })
+      this.#deps.log.warn({ event: 'jwks_fetch_failed', issuer: this.config.issuer, trigger: 'kid_miss', err: describe(err) }, 'JWKS fetch failed')
+      return 'unavailable'
+    }
+  }
+
+  /** One conditional fetch of the whole set (single-flight). */
+  refresh (): Promise<RefreshResult> {
+    this.#refreshFlight ??= this.#refresh().finally(() => { this.#refreshFlight = null })
+    return this.#refreshFlight
+  }
+
+  async #refresh (): Promise<RefreshResult> {
+    const { options, metrics, log } = this.#deps
+    const headers: Record<string, string> = { accept: 'application/json' }
+    if (this.#etag !== undefined) headers['if-none-match'] = this.#etag
+    let res: Response
+    let text: string
+    try {
+      res = await fetch(this.config.jwksUri, { headers, redirect: 'error', signal: AbortSignal.timeout(options.fetchTimeoutMs) })
+      text = await res.text()
+    } catch (err) {
+      return this.#failed(true, describe(err))
+    }
+    if (res.status === 304 && this.#etag !== undefined) {
+      this.#succeeded()
+      metrics.refresh.inc({ result: 'not_modified' })
+      return 'not_modified'
+    }
+    // Stale keys are a bridge over an outage (network, 5xx), not over an issuer that answers wrongly.
+    if (res.status >= 500) return this.#failed(true, `HTTP ${res.status}`)
+    if (res.status !== 200) return this.#failed(false, `HTTP ${res.status}`)
+    if (text.length > MAX_JWKS_BYTES) return this.#failed(false, 'JWKS body too large')
+    let body: unknown
+    try {
+      body = JSON.parse(text)
+    } catch {
+      return this.#failed(false, 'JWKS body is not JSON')
+    }
+    const parsed = parseJwks(body, this.keys)
+    if (parsed === null) return this.#failed(false, 'JWKS body has no "keys" array')
+    for (const r of parsed.rejected) {
+      log.warn({ event: 'jwks_key_rejected', issuer: this.config.issuer, kid: r.kid, why: r.why }, 'JWKS key refused')
+    }
+    const removed = [...this.keys].filter(([kid, entry]) => parsed.keys.get(kid) !== entry).map(([kid]) => kid)
+    this.keys = parsed.keys
+    this.#etag = res.headers.get('etag') ?? undefined
+    this.#succeeded()
+    this.#loaded = true
+    metrics.keys.set({ issuer: this.config.issuer }, this.keys.size)
+    if (removed.length > 0) {
+      this.#evictGetJwks(removed)
+      this.#deps.onRemoved(this.config.issuer, removed)
+      log.info({ event: 'jwks_keys_removed', issuer: this.config.issuer, kids: removed }, 'keys left the JWKS')
+    }
+    metrics.refresh.inc({ result: 'updated' })
+    return 'updated'
+  }
+
+  #succeeded (): void {
+    this.#lastSuccess = this.#deps.options.now()
+    this.#staleAllowed = true
+    this.#failures = 0
+  }
+
+  #failed (staleAllowed: boolean, why: string): RefreshResult {
+    this.#failures++
+    if (!staleAllowed) this.#staleAllowed = false
+    this.#deps.metrics.refresh.inc({ result: 'failure' })
+    this.#deps.log.warn({ event: 'jwks_fetch_failed', issuer: this.config.issuer, trigger: 'refresh', err: why }, 'JWKS refresh failed')
+    return 'failure'
+  }
+
+  /** A key that left the set must not come back through get-jwks' cache or its stale cache. */
+  #evictGetJwks (kids: string[]): void {
+    const suffixes = kids.map((kid) => `:${encodeURIComponent(kid)}:${encodeURIComponent(this.#domain)}`)
+    const matches = (k: string): boolean => suffixes.some((s) => k.endsWith(s))
+    // Deleting from the main cache moves the entry into the stale cache (get-jwks' dispose), so stale goes last.
+    // Both are lru-cache instances at runtime; get-jwks' typings only declare get/set/delete.
+    const cache = this.#getJwks.cache as unknown as LruLike
+    const stale = this.#getJwks.staleCache as unknown as LruLike
+    for (const k of [...cache.keys()]) if (matches(k)) cache.delete(k)
+    for (const k of [...stale.keys()]) if (matches(k)) stale.delete(k)
+  }
+
+  /** Loads now, then refreshes every interval (faster with backoff until the first success). */
+  start (): void {
+    if (this.#stopped) return
+    const tick = (): void => {
+      this.refresh().catch(() => 'failure').finally(() => this.#schedule())
+    }
+    tick()
+  }
+
+  #schedule (): void {
+    if (this.#stopped) return
+    const interval = this.#deps.options.refreshIntervalMs
+    const delay = this.#loaded ? interval : Math.min(interval, FIRST_RETRY_MS * 2 ** Math.min(this.#failures, 10))
+    this.#timer = setTimeout(() => {
+      this.refresh().catch(() => 'failure').finally(() => this.#schedule())
+    }, delay)
+    this.#timer.unref()
+  }
+
+  stop (): void {
+    this.#stopped = true
+    clearTimeout(this.#timer)
+  }
+}
+
+function describe (err: unknown): string {
+  if (err instanceof Error) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code
+    return cause === undefined ? `${err.name}: ${err.message}` : `${err.name}: ${cause}`
+  }
+  return String(err)
+}

@@ -1,0 +1,151 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import t from 'tap'
+import { request as httpRequest } from 'node:http'
+import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
+import metrics from '../plugins/metrics.js'
+import { resolveOptions } from '../plugins/auth-options.js'
+import { rsaKey, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+
+async function buildApp (issuer: TestIssuer, opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify()
+  await app.register(metrics, { defaultMetrics: false })
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: issuer.audience }], ...opts })
+  app.get('/me', async (req) => req.user)
+  app.get('/public', { config: { auth: false } }, async (req) => ({ user: req.user }))
+  await app.ready()
+  await app.jwksAuth.refresh()
+  return app
+}
+
+t.test('a valid token passes and request.user has the contract shape', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = await buildApp(issuer)
+  t.teardown(() => app.close())
+  t.ok(app.jwksAuth.isReady(), 'ready after the first JWKS fetch')
+
+  const token = issuer.sign({ sub: 'alice', role: 'admin', permissions: ['orders:read'], scope: 'a b' })
+  const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })
+  t.equal(res.statusCode, 200)
+  const user = res.json()
+  t.equal(user.sub, 'alice')
+  t.equal(user.iss, issuer.url)
+  t.equal(user.aud, 'portcullis')
+  t.equal(user.role, 'admin')
+  t.same(user.permissions, ['orders:read'])
+  t.same(user.scope, ['a', 'b'])
+  t.type(user.exp, 'number')
+  t.equal(user.claims.sub, 'alice')
+
+  const lower = await app.inject({ url: '/me', headers: { authorization: `bearer   ${token}` } })
+  t.equal(lower.statusCode, 200, 'scheme is case-insensitive, spaces tolerated')
+
+  const pub = await app.inject({ url: '/public' })
+  t.equal(pub.statusCode, 200, 'auth: false routes need no token')
+  t.same(pub.json(), { user: null })
+
+  const m = await app.inject({ url: '/me' })
+  t.equal(m.statusCode, 401)
+  t.equal(m.headers['www-authenticate'], 'Bearer error="invalid_token"')
+  t.same(Object.keys(m.json()).sort(), ['code', 'error', 'message', 'statusCode'])
+  t.equal(m.json().message, 'Missing or invalid bearer token')
+
+  const exp = issuer.sign({}, { now: Math.floor(Date.now() / 1000) - 3600 })
+  t.equal((await app.inject({ url: '/me', headers: { authorization: `Bearer ${exp}` } })).statusCode, 401)
+
+  const text = await app.metricsRegistry.metrics()
+  t.match(text, /portcullis_auth_requests_total\{result="success",reason="ok"\} 2/)
+  t.match(text, /portcullis_auth_requests_total\{result="failure",reason="missing"\} 1/)
+  t.match(text, /portcullis_auth_requests_total\{result="failure",reason="expired"\} 1/)
+  t.match(text, /portcullis_auth_verify_duration_seconds_count\{cache="miss"\} 1/)
+  t.match(text, /portcullis_auth_verify_duration_seconds_count\{cache="hit"\} 1/)
+  t.match(text, /portcullis_jwks_refresh_total\{result="updated"\} 1/)
+  t.match(text, new RegExp(`portcullis_jwks_keys\\{issuer="${issuer.url}"\\} 1`))
+  t.match(text, /portcullis_jwks_stale_served_total/)
+})
+
+t.test('global: false leaves routes open unless they use app.authenticate; config rules still apply', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], global: false })
+  app.get('/open', async () => ({ ok: true }))
+  app.get('/closed', { preHandler: app.authenticate }, async (req) => ({ sub: req.user?.sub }))
+  app.get('/admin', { preHandler: app.authenticate, config: { auth: { roles: ['admin'] } } }, async () => ({ ok: true }))
+  app.get('/forgot', { config: { auth: { roles: ['admin'] } } }, async () => ({ ok: true }))
+  await app.ready()
+  t.teardown(() => app.close())
+  await app.jwksAuth.refresh()
+  const token = issuer.sign({ sub: 'bob', role: 'user' })
+  const admin = issuer.sign({ sub: 'root', role: 'admin' })
+  t.equal((await app.inject({ url: '/open' })).statusCode, 200)
+  t.equal((await app.inject({ url: '/closed' })).statusCode, 401)
+  t.same((await app.inject({ url: '/closed', headers: { authorization: `Bearer ${token}` } })).json(), { sub: 'bob' })
+  t.equal((await app.inject({ url: '/admin', headers: { authorization: `Bearer ${token}` } })).statusCode, 403)
+  t.equal((await app.inject({ url: '/admin', headers: { authorization: `Bearer ${admin}` } })).statusCode, 200)
+  t.equal((await app.inject({ url: '/forgot', headers: { authorization: `Bearer ${admin}` } })).statusCode, 401,
+    'rules without authentication fail closed')
+})
+
+t.test('two Authorization headers are a 400', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = await buildApp(issuer)
+  t.teardown(() => app.close())
+  const address = await app.listen({ port: 0, host: '127.0.0.1' })
+  const token = issuer.sign()
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = httpRequest(`${address}/me`, { headers: [['Authorization', `Bearer ${token}`], ['authorization', `Bearer ${token}`]] as unknown as Record<string, string> }, (res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  t.equal(status, 400)
+  const one = await fetch(`${address}/me`, { headers: { authorization: `Bearer ${token}` } })
+  t.equal(one.status, 200)
+})
+
+t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], global: false })
+  app.get('/v', async (req) => {
+    const user = await req.jwtVerify()
+    return { sub: (user as { sub: string }).sub }
+  })
+  await app.ready()
+  t.teardown(() => app.close())
+  await app.jwksAuth.refresh()
+  t.same((await app.inject({ url: '/v', headers: { authorization: `Bearer ${issuer.sign({ sub: 'carol' })}` } })).json(), { sub: 'carol' })
+  const other = rsaKey({ label: 'other' })
+  const forged = issuer.sign({}, { key: other, kid: issuer.published[0]!.kid })
+  t.equal((await app.inject({ url: '/v', headers: { authorization: `Bearer ${forged}` } })).statusCode, 401)
+  const wrongAud = issuer.sign({ aud: 'elsewhere' })
+  t.equal((await app.inject({ url: '/v', headers: { authorization: `Bearer ${wrongAud}` } })).statusCode, 401)
+})
+
+t.test('options are validated at registration with messages naming the option', async (t) => {
+  const bad: Array<[unknown, RegExp]> = [
+    [{}, /"issuers"/],
+    [{ issuers: [{ issuer: 'ftp://x', audience: 'a' }] }, /issuers\[0\]\.issuer/],
+    [{ issuers: [{ issuer: 'http://x', audience: [] }] }, /issuers\[0\]\.audience/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a', algorithms: ['HS256'] }] }, /issuers\[0\]\.algorithms.*HS256/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a', algorithms: ['none'] }] }, /algorithms/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a' }], clockTolerance: -1 }, /"clockTolerance"/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a' }], refreshInterval: 'soon' }, /"refreshInterval"/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a' }], tokenCacheMax: 1.5 }, /"tokenCacheMax"/],
+    [{ issuers: [{ issuer: 'http://x', audience: 'a' }, { issuer: 'http://x', audience: 'b' }] }, /listed twice/]
+  ]
+  for (const [opts, msg] of bad) t.throws(() => resolveOptions(opts as JwksAuthOptions), msg)
+  const app = Fastify()
+  app.register(jwksAuth, { issuers: [] })
+  await t.rejects(app.ready(), /jwks-auth option "issuers"/, 'a bad option fails the boot')
+  const ok = resolveOptions({ issuers: [{ issuer: 'http://a:1/', audience: 'x' }] })
+  t.equal(ok.issuers[0]!.jwksUri, 'http://a:1/.well-known/jwks.json')
+  t.same(ok.issuers[0]!.algorithms, ['RS256'])
+  t.equal(ok.clockToleranceMs, 60_000)
+  t.equal(ok.global, true)
+})
