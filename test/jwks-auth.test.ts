@@ -142,7 +142,7 @@ t.test('options are validated at registration with messages naming the option', 
   for (const [opts, msg] of bad) t.throws(() => resolveOptions(opts as JwksAuthOptions), msg)
   const app = Fastify()
   app.register(jwksAuth, { issuers: [] })
-  await t.rejects(app.ready(), /jwks-auth option "issuers"/, 'a bad option fails the boot')
+  await t.rejects(async () => { await app.ready() }, /jwks-auth option "issuers"/, 'a bad option fails the boot')
   const ok = resolveOptions({ issuers: [{ issuer: 'http://a:1/', audience: 'x' }] })
   t.equal(ok.issuers[0]!.jwksUri, 'http://a:1/.well-known/jwks.json')
   t.same(ok.issuers[0]!.algorithms, ['RS256'])
