@@ -1,8 +1,8 @@
 import httpProxy from '@fastify/http-proxy'
-import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { CircuitBreaker, BREAKER_STATE_VALUE } from './breaker.js'
 import { CircuitOpenError } from './errors.js'
-import { upstreamHeaders, type VerifiedIdentity } from './headers.js'
+import { upstreamHeaders } from './headers.js'
 import { RETRYABLE_CODES, UpstreamPools, classify, clientError, errorCode } from './upstream.js'
 import { promClient } from '../plugins/metrics.js'
 import type { GatewayConfig, RouteConfig } from './config.js'
@@ -78,17 +78,6 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
     const origin = new URL(route.upstream).origin
     const breaker = breakerFor(origin)
 
-    const admit: preHandlerHookHandler = async (request, reply) => {
-      const a = breaker.tryAcquire()
-      if (a.allowed) {
-        if (a.probe) request[kProbe] = breaker
-        return
-      }
-      upstreamErrors.inc({ upstream: origin, kind: 'circuit_open' })
-      reply.header('retry-after', a.retryAfter)
-      throw new CircuitOpenError()
-    }
-
     await app.register(async (scope) => {
       // A probe whose client went away gives no verdict: free the slot for the next request.
       scope.addHook('onResponse', async (request) => {
@@ -102,11 +91,20 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
         undici: pools.get(route.upstream, route.timeouts),
         disableRequestLogging: true,
         config: routeConfig(route),
-        // http-proxy types its preHandler as a callback hook; an async hook is what Fastify runs here.
-        preHandler: admit as never,
+        // The breaker decides last, after authentication, authorization and rate limiting, so a
+        // refused request never takes the half-open probe slot.
+        handler: (request, reply, dest, options) => {
+          const a = breaker.tryAcquire()
+          if (!a.allowed) {
+            upstreamErrors.inc({ upstream: origin, kind: 'circuit_open' })
+            reply.header('retry-after', a.retryAfter)
+            throw new CircuitOpenError()
+          }
+          if (a.probe) request[kProbe] = breaker
+          return reply.from(dest, options)
+        },
         replyOptions: {
-          rewriteRequestHeaders: (request, headers) =>
-            upstreamHeaders(request as FastifyRequest, headers, (request as { user?: VerifiedIdentity | null }).user),
+          rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers, request.user),
           retryDelay: ({ err, req, attempt }) => {
             const code = errorCode(err)
             const hasBody = req.body !== undefined && req.body !== null && req.body !== ''

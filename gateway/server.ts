@@ -3,6 +3,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 import metrics, { promClient, type Registry } from '../plugins/metrics.js'
 import admin from '../plugins/admin.js'
 import rateLimit from '../plugins/rate-limit.js'
+import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
 import { loggerOptions } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
 import { BadPathError, RouteNotFoundError, type ErrorBody } from './errors.js'
@@ -25,6 +26,8 @@ export interface GatewayOptions {
   logger?: FastifyServerOptions['logger']
   /** Clock for circuit breakers (tests). @defaultValue Date.now */
   now?: () => number
+  /** Extra jwks-auth options (cache sizes, timings, clock); `issuers` and `global` come from the route file. */
+  auth?: Omit<JwksAuthOptions, 'issuers' | 'global'>
   /** Switch parts off (benchmarks measure each part's cost). @defaultValue all on */
   features?: { rateLimit?: boolean, metrics?: boolean, auth?: boolean }
 }
@@ -85,8 +88,10 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     ...(opts.tls === undefined ? {} : { https: { cert: opts.tls.cert, key: opts.tls.key } })
   }) as unknown as FastifyInstance
 
-  app.setErrorHandler((err: FastifyError, request, reply) => {
+  app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {
     const body = errorBody(err)
+    // our plugins attach response headers to their errors (WWW-Authenticate on 401/403)
+    if (err.headers !== undefined && typeof err.code === 'string' && err.code.startsWith('PORTCULLIS_')) reply.headers(err.headers)
     if (body.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: body.code, status: body.statusCode }, 'request refused')
     return reply.code(body.statusCode).type('application/json; charset=utf-8').send(body)
@@ -121,13 +126,19 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     await app.register(rateLimit, { global: false, redis: opts.redisUrl, failClosed: opts.rateLimitFailClosed })
   }
 
+  // after the rate limiter: its onRequest guard must refuse an over-budget IP before a token is verified
+  const withAuth = features.auth && config.issuers.length > 0
+  if (withAuth) {
+    await app.register(jwksAuth, { ...opts.auth, issuers: config.issuers, global: true })
+  }
+
   await registerRoutes(app, config, { now: opts.now })
 
   const registries: Registry[] = [app.metricsRegistry]
   const adminApp = Fastify({ logger: false })
   await adminApp.register(admin, {
     registries,
-    ready: () => true
+    ready: () => !withAuth || app.jwksAuth.isReady() || 'JWKS of every issuer not fetched yet'
   })
 
   let closing: Promise<void> | undefined

@@ -1,0 +1,153 @@
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { buildGateway, type Gateway } from '../gateway/server.js'
+import { parseGatewayConfig } from '../gateway/config.js'
+import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
+import { freePort } from './helpers/ports.js'
+
+async function start (t: Test, file: Record<string, unknown>, now?: () => number): Promise<{ gw: Gateway, base: string }> {
+  const gw = await buildGateway({ config: parseGatewayConfig(file, 'test'), logger: false, now })
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => gw.close())
+  const addr = gw.app.server.address()
+  return { gw, base: `http://127.0.0.1:${typeof addr === 'object' && addr !== null ? addr.port : 0}` }
+}
+
+async function upstream (t: Test): Promise<EchoUpstream> {
+  const u = await echoUpstream()
+  t.teardown(() => u.close())
+  return u
+}
+
+async function metric (gw: Gateway, re: RegExp): Promise<string | undefined> {
+  return re.exec((await gw.admin.inject({ url: '/metrics' })).body)?.[1]
+}
+
+t.test('connection refused -> 502 in the JSON error shape, counted by kind', async (t) => {
+  const dead = await freePort() // nothing listens there
+  const { gw, base } = await start(t, { routes: [{ prefix: '/x', upstream: `http://127.0.0.1:${dead}`, auth: false }] })
+  const r = await rawRequest(base, '/x/y')
+  t.equal(r.status, 502)
+  t.same(r.json(), { statusCode: 502, code: 'PORTCULLIS_UPSTREAM_UNAVAILABLE', error: 'Bad Gateway', message: 'Upstream service unavailable' })
+  t.notMatch(r.body, /ECONNREFUSED|127\.0\.0\.1/, 'no library message or address leaks')
+  t.equal(await metric(gw, /portcullis_upstream_errors_total\{upstream="http:\/\/127\.0\.0\.1:\d+",kind="refused"\} (\d+)/), '1')
+})
+
+t.test('a slow upstream -> 504 at the route\'s headers timeout', async (t) => {
+  const slow = await upstream(t)
+  slow.handle(() => {}) // never answers
+  const { gw, base } = await start(t, {
+    timeouts: { headers: '10s' },
+    routes: [{ prefix: '/slow', upstream: slow.url, auth: false, timeouts: { headers: '300ms' } }]
+  })
+  const t0 = Date.now()
+  const r = await rawRequest(base, '/slow/x')
+  const waited = Date.now() - t0
+  t.equal(r.status, 504)
+  t.equal(r.json().code, 'PORTCULLIS_UPSTREAM_TIMEOUT')
+  t.ok(waited >= 290 && waited < 5000, `answered at the route timeout (300 ms), not the default 10 s: ${waited} ms`)
+  t.equal(await metric(gw, /kind="headers_timeout"\} (\d+)/), '1')
+})
+
+t.test('idempotent requests are retried once on a connection error; others are not', async (t) => {
+  const flaky = await upstream(t)
+  let hits = 0
+  flaky.handle((req, res) => {
+    hits++
+    if (hits % 2 === 1) { res.socket?.destroy(); return } // every first attempt dies
+    res.end(JSON.stringify({ ok: true, method: req.method }))
+  })
+  const { base } = await start(t, { routes: [{ prefix: '/f', upstream: flaky.url, auth: false }] })
+  const r = await rawRequest(base, '/f/a')
+  t.equal(r.status, 200, 'GET succeeded on the retry')
+  t.equal(hits, 2)
+  hits = 0
+  const p = await rawRequest(base, '/f/a', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"a":1}' })
+  t.equal(p.status, 502, 'POST is not retried')
+  t.equal(hits, 1)
+})
+
+t.test('the circuit breaker opens after N failures, fails fast with Retry-After, then recovers through one probe', async (t) => {
+  const up = await upstream(t)
+  let healthy = false
+  up.handle((_req, res) => { if (healthy) res.end('{"ok":true}'); else res.socket?.destroy() })
+  let now = 1_000_000
+  const { gw, base } = await start(t, {
+    breaker: { failureThreshold: 3, resetTimeout: '10s' },
+    routes: [{ prefix: '/b', upstream: up.url, auth: false }]
+  }, () => now)
+  const state = (): Promise<string | undefined> => metric(gw, /portcullis_circuit_breaker_state\{upstream="[^"]+"\} (\d)/)
+
+  for (let i = 0; i < 3; i++) t.equal((await rawRequest(base, '/b/x', { method: 'POST' })).status, 502)
+  t.equal(await state(), '1', 'open')
+  const seen = up.seen.length
+  const fast = await rawRequest(base, '/b/x')
+  t.equal(fast.status, 503)
+  t.equal(fast.json().code, 'PORTCULLIS_CIRCUIT_OPEN')
+  t.equal(fast.headers['retry-after'], '10')
+  t.equal(up.seen.length, seen, 'an open breaker sends nothing upstream')
+
+  now += 10_000 // half-open: the probe fails -> open again
+  t.equal((await rawRequest(base, '/b/x', { method: 'POST' })).status, 502, 'the probe went through')
+  t.equal(await state(), '1', 'a failed probe re-opens')
+  t.equal((await rawRequest(base, '/b/x')).status, 503)
+
+  now += 10_000
+  healthy = true
+  t.equal((await rawRequest(base, '/b/x')).status, 200, 'a successful probe')
+  t.equal(await state(), '0', 'closed again')
+  t.equal((await rawRequest(base, '/b/x')).status, 200)
+  t.equal(await metric(gw, /kind="circuit_open"\} (\d+)/), '2')
+})
+
+t.test('SIGTERM drains: an in-flight slow request completes, then the process exits 0', async (t) => {
+  const slow = await upstream(t)
+  let release: (() => void) | undefined
+  const arrived = new Promise<void>((resolve) => {
+    slow.handle((_req, res) => {
+      release = () => res.end('{"slow":"done"}')
+      resolve()
+    })
+  })
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-gw-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const cfg = join(dir, 'routes.json')
+  writeFileSync(cfg, JSON.stringify({ routes: [{ prefix: '/slow', upstream: slow.url, auth: false }] }))
+  const port = await freePort()
+  const adminPort = await freePort()
+  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
+    env: { ...process.env, GATEWAY_CONFIG: cfg, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { out += d.toString() })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  await new Promise<void>((resolve, reject) => {
+    const check = (): void => { if (out.includes('gateway ready')) resolve() }
+    child.stdout.on('data', check)
+    void exited.then(() => reject(new Error(`gateway exited early:\n${out}`)))
+  })
+
+  const base = `http://127.0.0.1:${port}`
+  const inflight = rawRequest(base, '/slow/x')
+  await arrived
+  child.kill('SIGTERM')
+  await new Promise<void>((resolve) => {
+    const check = (): void => { if (out.includes('draining')) resolve() }
+    check()
+    child.stdout.on('data', check)
+  })
+  await t.rejects(rawRequest(base, '/slow/x'), 'a new connection is refused while draining')
+  t.equal(child.exitCode, null, 'still running while a request is in flight')
+  release!()
+  const r = await inflight
+  t.equal(r.status, 200)
+  t.equal(r.body, '{"slow":"done"}')
+  t.equal(await exited, 0, 'clean exit after the drain')
+  t.match(out, /gateway stopped/)
+})
