@@ -1,0 +1,72 @@
+import pino from 'pino'
+import { envEnum } from '../lib/env.js'
+import { UsageError } from '../lib/errors.js'
+import { loggerOptions } from '../lib/logger.js'
+import { openClientStore } from '../store/clients.js'
+import { dbOptionsFromEnv } from '../store/config.js'
+import { openDb } from '../store/index.js'
+import { keyTimingsFromEnv } from '../store/key-timings.js'
+import { openKeyStore } from '../store/keys.js'
+import { PasswordHasher } from '../store/password.js'
+import { openRefreshStore } from '../store/refresh.js'
+import { loadKeySecrets } from '../store/secrets.js'
+import { openUserStore } from '../store/users.js'
+import { AUTH_ENV, authConfigFromEnv } from './config.js'
+import { buildAuthService, type AuthService } from './server.js'
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
+export const help = `Usage: portcullis auth
+
+Runs the auth service: POST /auth/login, /auth/refresh, /auth/logout, /oauth/token
+(client_credentials, refresh_token), GET /.well-known/jwks.json and /.well-known/openid-configuration
+on AUTH_HOST:AUTH_PORT; /health/live, /health/ready and /metrics on AUTH_HOST:AUTH_ADMIN_PORT.
+Tokens are signed with the store's active key (see "portcullis keys" and "portcullis rotation");
+manage accounts with "portcullis users" and "portcullis clients".
+
+Environment:
+${AUTH_ENV.map(([name, def, meaning]) => `  ${name.padEnd(24)} ${meaning} (${def})`).join('\n')}
+  ACCESS_TOKEN_TTL         access-token lifetime (15m); with CLOCK_SKEW, KEY_PREPUBLISH,
+                           VERIFIER_CACHE_MAX, SIGNER_PROPAGATION checked as "portcullis rotation" does
+  DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR   the store (unset DATABASE_URL = SQLite in ./data)
+  PORTCULLIS_KEY_SECRETS   key-encryption secrets, comma list (unset: the local secret in the data folder)
+  LOG_LEVEL                pino level (info)`
+
+export async function run (argv: string[]): Promise<number> {
+  if (argv.length > 0) throw new UsageError(`auth: unknown argument "${argv[0]}" (see portcullis auth --help)`)
+  const env = process.env
+  const logLevel = envEnum(env, 'LOG_LEVEL', LOG_LEVELS, 'info')
+  const timings = keyTimingsFromEnv(env)
+  const config = authConfigFromEnv(env, timings)
+  const dbOpts = dbOptionsFromEnv(env)
+  const log = pino(loggerOptions('auth', logLevel))
+  const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
+  const db = openDb(dbOpts)
+  let service: AuthService | undefined
+  try {
+    const keys = await openKeyStore(db, { secrets, timings, log })
+    const users = await openUserStore(db, { hasher: new PasswordHasher({ params: config.scrypt }) })
+    const clients = await openClientStore(db)
+    const refresh = await openRefreshStore(db, { idleTtl: config.refreshIdleTtl, absoluteTtl: config.refreshAbsoluteTtl })
+    service = await buildAuthService({ config, db, keys, users, clients, refresh, loggerInstance: log })
+
+    const stopped = new Promise<string>((resolve) => {
+      const onSignal = (sig: string): void => {
+        process.once(sig, () => process.exit(130))
+        resolve(sig)
+      }
+      process.once('SIGTERM', () => onSignal('SIGTERM'))
+      process.once('SIGINT', () => onSignal('SIGINT'))
+    })
+    await service.app.listen({ host: config.host, port: config.port })
+    await service.admin.listen({ host: config.host, port: config.adminPort })
+    log.info({ event: 'start', store: db.description, issuer: config.issuer, kid: service.signer.kid, secrets: secrets.source }, 'auth service ready')
+    if (service.signer.kid === null) log.warn('no active signing key yet: token requests answer 503 until one is activated (portcullis rotation / keys rotate)')
+    const sig = await stopped
+    log.info({ event: 'shutdown', signal: sig }, 'stopping: finishing in-flight requests')
+    return 0
+  } finally {
+    await service?.close()
+    await db.close()
+  }
+}
