@@ -1,0 +1,75 @@
+import t, { type Test } from 'tap'
+import { buildGateway, type Gateway } from '../gateway/server.js'
+import { parseGatewayConfig } from '../gateway/config.js'
+import { echoUpstream, rawRequest } from './helpers/upstream.js'
+import { startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+
+async function start (t: Test, rateLimit: unknown, routes: Array<Record<string, unknown>>): Promise<{ gw: Gateway, base: string, issuer: TestIssuer }> {
+  const issuer = await startTestIssuer()
+  const up = await echoUpstream()
+  const gw = await buildGateway({
+    config: parseGatewayConfig({
+      issuers: [{ issuer: issuer.url, audience: 'portcullis' }],
+      rateLimit,
+      routes: routes.map((r) => ({ upstream: up.url, ...r }))
+    }, 'test'),
+    logger: false
+  })
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  await gw.app.jwksAuth.refresh()
+  t.teardown(async () => { await gw.close(); await issuer.close(); await up.close() })
+  const addr = gw.app.server.address()
+  return { gw, base: `http://127.0.0.1:${typeof addr === 'object' && addr !== null ? addr.port : 0}`, issuer }
+}
+
+const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
+
+t.test('authenticated callers are limited by sub, each with its own budget; RateLimit-* and Retry-After', async (t) => {
+  const { base, issuer, gw } = await start(t, { max: 2, timeWindow: '1m' }, [{ prefix: '/api' }])
+  const alice = issuer.sign({ sub: 'alice' })
+  const alice2 = issuer.sign({ sub: 'alice' }) // another token, same subject: same budget
+  const bob = issuer.sign({ sub: 'bob' })
+  const r1 = await rawRequest(base, '/api/x', { headers: bearer(alice) })
+  t.equal(r1.status, 200)
+  t.equal(r1.headers['ratelimit-limit'], '2')
+  t.equal(r1.headers['ratelimit-remaining'], '1')
+  t.equal(r1.headers['ratelimit-reset'], '60')
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer(alice2) })).status, 200)
+  const over = await rawRequest(base, '/api/x', { headers: bearer(alice) })
+  t.equal(over.status, 429)
+  t.equal(over.headers['retry-after'], '60')
+  t.equal(over.headers['ratelimit-remaining'], '0')
+  t.equal(over.json().code, 'PORTCULLIS_RATE_LIMITED')
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer(bob) })).status, 200, 'bob is not limited by alice')
+  const m = (await gw.admin.inject({ url: '/metrics' })).body
+  t.match(m, /portcullis_rate_limit_rejections_total\{route="\*"\} 1/)
+})
+
+t.test('anonymous callers are limited by IP; per-route limits and opt-outs', async (t) => {
+  const { base, issuer } = await start(t, { max: 100 }, [
+    { prefix: '/pub', auth: false, rateLimit: { max: 2, timeWindow: '30s' } },
+    { prefix: '/free', auth: false, rateLimit: false },
+    { prefix: '/api' }
+  ])
+  t.equal((await rawRequest(base, '/pub/a')).status, 200)
+  t.equal((await rawRequest(base, '/pub')).status, 200, '/pub and /pub/* share the route budget')
+  const over = await rawRequest(base, '/pub/b')
+  t.equal(over.status, 429)
+  t.equal(over.headers['retry-after'], '30')
+  for (let i = 0; i < 5; i++) t.equal((await rawRequest(base, '/free/x')).status, 200)
+  t.equal((await rawRequest(base, '/free/x')).headers['ratelimit-limit'], undefined, 'no rate-limit headers on an unlimited route')
+  const api = await rawRequest(base, '/api/x', { headers: bearer(issuer.sign()) })
+  t.equal(api.headers['ratelimit-limit'], '100', 'the global default applies elsewhere')
+})
+
+t.test('401s count against the IP: token guessing is refused before verification', async (t) => {
+  const { base, issuer, gw } = await start(t, { max: 3, timeWindow: '1m' }, [{ prefix: '/api' }])
+  for (let i = 0; i < 4; i++) {
+    t.equal((await rawRequest(base, '/api/x', { headers: bearer(`guess.${i}.x`) })).status, 401, `guess ${i}`)
+  }
+  const blocked = await rawRequest(base, '/api/x', { headers: bearer(issuer.sign({ sub: 'lucky' })) })
+  t.equal(blocked.status, 429, 'the IP used its budget on 401s: even a valid token waits')
+  t.ok(Number(blocked.headers['retry-after']) > 0)
+  const m = (await gw.admin.inject({ url: '/metrics' })).body
+  t.match(m, /portcullis_auth_requests_total\{result="failure",reason="malformed"\} 4/, 'the blocked attempt was not verified')
+})
