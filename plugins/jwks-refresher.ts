@@ -144,6 +144,9 @@ export class IssuerKeys {
         return 'not_found'
       }
       this.keys = new Map(this.keys).set(kid, entry)
+      // The map no longer matches the document our ETag names: the next refresh must be a full fetch,
+      // or a 304 would keep this key even after it leaves the set.
+      this.#etag = undefined
       this.#deps.metrics.keys.set({ issuer: this.config.issuer }, this.keys.size)
       this.#deps.metrics.refresh.inc({ result: 'kid_found' })
       return 'found'

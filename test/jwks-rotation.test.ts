@@ -1,0 +1,136 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import t from 'tap'
+import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
+import metrics from '../plugins/metrics.js'
+import { rsaKey, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+
+interface Clock { ms: number }
+
+async function buildApp (issuer: TestIssuer, clock: Clock, opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify()
+  await app.register(metrics, { defaultMetrics: false })
+  await app.register(jwksAuth, {
+    issuers: [{ issuer: issuer.url, audience: 'portcullis' }],
+    now: () => clock.ms,
+    // Timers stay out of the way: the tests call refresh() the way the timer would.
+    refreshInterval: 3600,
+    ...opts
+  })
+  app.get('/me', async (req) => ({ sub: req.user?.sub }))
+  await app.ready()
+  await app.jwksAuth.refresh()
+  return app
+}
+
+const call = async (app: FastifyInstance, token: string): Promise<number> =>
+  (await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })).statusCode
+
+t.test('a pre-published key that starts signing verifies without any kid-miss fetch', async (t) => {
+  const active = rsaKey({ label: 'rot-a' })
+  const pending = rsaKey({ label: 'rot-b' })
+  const issuer = await startTestIssuer({ keys: [active, pending] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock)
+  t.teardown(() => app.close())
+  const fetches = issuer.fetches
+  const now = Math.floor(clock.ms / 1000)
+  t.equal(await call(app, issuer.sign({}, { key: active, now })), 200)
+  t.equal(await call(app, issuer.sign({}, { key: pending, now })), 200, 'the new key verifies at once')
+  t.equal(issuer.fetches, fetches, 'no JWKS fetch was needed')
+  const text = await app.metricsRegistry.metrics()
+  t.notMatch(text, /portcullis_jwks_refresh_total\{result="kid_/, 'no kid-miss fetch counted')
+})
+
+t.test('a key removed from the JWKS stops verifying within one refresh interval, cached tokens included', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k2 = rsaKey({ label: 'rot-b' })
+  const issuer = await startTestIssuer({ keys: [k1, k2] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock, { refreshInterval: 30 })
+  t.teardown(() => app.close())
+  const now = Math.floor(clock.ms / 1000)
+  const old = issuer.sign({}, { key: k1, now })
+  t.equal(await call(app, old), 200)
+  t.equal(await call(app, old), 200, 'second use is a cache hit')
+
+  await app.jwksAuth.refresh()
+  t.equal(issuer.notModified, 1, 'an unchanged JWKS answers 304 to the conditional request')
+
+  issuer.removeKey(k1.kid)
+  clock.ms += 30_000 // one refresh interval later the timer refreshes
+  await app.jwksAuth.refresh()
+  t.equal(await call(app, old), 401, 'the cached verification was flushed with its key')
+  t.equal(await call(app, issuer.sign({}, { key: k2, now })), 200, 'the remaining key still verifies')
+  const text = await app.metricsRegistry.metrics()
+  t.match(text, new RegExp(`portcullis_jwks_keys\\{issuer="${issuer.url}"\\} 1`))
+  t.match(text, /portcullis_jwks_refresh_total\{result="not_modified"\} 1/)
+})
+
+t.test('the background timer refreshes on its interval (real timers, no sleep)', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k2 = rsaKey({ label: 'rot-b' })
+  const issuer = await startTestIssuer({ keys: [k1, k2] })
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], refreshInterval: 0.05 })
+  app.get('/me', async (req) => ({ sub: req.user?.sub }))
+  await app.ready()
+  t.teardown(() => app.close())
+  await issuer.waitForFetches(1)
+  await app.jwksAuth.refresh()
+  const old = issuer.sign({}, { key: k1 })
+  t.equal(await call(app, old), 200)
+  issuer.removeKey(k1.kid)
+  // Only the timer fetches from here on: wait for its fetches (events, not sleeps) until the removal shows.
+  let status = 200
+  for (let i = 0; i < 20 && status === 200; i++) {
+    await issuer.waitForFetches(issuer.fetches + 1)
+    status = await call(app, old)
+  }
+  t.equal(status, 401, 'the timer noticed the removal')
+})
+
+t.test('a removed key is evicted from get-jwks caches: an outage cannot resurrect it', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k3 = rsaKey({ label: 'rot-c' })
+  const issuer = await startTestIssuer({ keys: [k1] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock, { kidMissCooldown: 10 })
+  t.teardown(() => app.close())
+  const now = Math.floor(clock.ms / 1000)
+
+  issuer.addKey(k3) // published after our last refresh: found through a get-jwks kid-miss fetch
+  const token = issuer.sign({}, { key: k3, now })
+  const before = issuer.fetches
+  t.equal(await call(app, token), 200)
+  t.equal(issuer.fetches, before + 1, 'one kid-miss fetch')
+
+  issuer.removeKey(k3.kid)
+  await app.jwksAuth.refresh()
+  issuer.mode = 'error' // the issuer now fails: get-jwks would serve its cached/stale copy of k3
+  clock.ms += 11_000 // past the kid-miss cooldown
+  const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign({ jti: 'again' }, { key: k3, now })}` } })
+  t.equal(res.statusCode, 401, 'the removed key does not come back from get-jwks')
+  t.equal(issuer.fetches, before + 3, 'the kid miss did try the (failing) issuer')
+  t.equal(await call(app, issuer.sign({}, { key: k1, now })), 200, 'the kept key still verifies')
+})
+
+t.test('a key whose material changes under the same kid replaces the old one', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const impostor = { ...rsaKey({ label: 'rot-d' }), kid: k1.kid }
+  impostor.jwk = { ...impostor.jwk, kid: k1.kid }
+  const issuer = await startTestIssuer({ keys: [k1] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock)
+  t.teardown(() => app.close())
+  const old = issuer.sign({}, { key: k1 })
+  t.equal(await call(app, old), 200)
+  issuer.published = [impostor]
+  await app.jwksAuth.refresh()
+  t.equal(await call(app, old), 401, 'tokens of the old material are refused, cache included')
+  t.equal(await call(app, issuer.sign({}, { key: impostor })), 200)
+})
