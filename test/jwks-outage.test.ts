@@ -1,0 +1,126 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import t from 'tap'
+import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
+import metrics from '../plugins/metrics.js'
+import { rsaKey, startTestIssuer, type IssuerMode, type TestIssuer } from './helpers/issuer.js'
+
+interface LogLine { event?: string, reason?: string }
+const MIN = 60_000
+
+async function buildApp (issuer: TestIssuer, clock: { ms: number }, lines: LogLine[], opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s) as LogLine) } } } })
+  await app.register(metrics, { defaultMetrics: false })
+  await app.register(jwksAuth, {
+    issuers: [{ issuer: issuer.url, audience: 'portcullis' }],
+    now: () => clock.ms,
+    refreshInterval: 3600, // the test drives refreshes itself, on the injected clock
+    ...opts
+  })
+  app.get('/me', async (req) => ({ sub: req.user?.sub }))
+  await app.ready()
+  await app.jwksAuth.refresh()
+  return app
+}
+
+async function call (app: FastifyInstance, token: string, lines: LogLine[]): Promise<{ status: number, reason?: string }> {
+  const before = lines.length
+  const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })
+  return { status: res.statusCode, reason: lines.slice(before).find((l) => l.event === 'auth_failure')?.reason }
+}
+
+for (const mode of ['reset', 'error'] as IssuerMode[]) {
+  t.test(`issuer ${mode === 'reset' ? 'down (connections reset)' : 'answering 503'} for 10 simulated minutes`, async (t) => {
+    const key = rsaKey({ label: 'outage' })
+    const issuer = await startTestIssuer({ keys: [key] })
+    t.teardown(() => issuer.close())
+    const clock = { ms: Date.now() }
+    const t0 = clock.ms
+    const lines: LogLine[] = []
+    // Defaults: keys fresh for 5 min, then served stale for at most 60 min more.
+    const app = await buildApp(issuer, clock, lines)
+    t.teardown(() => app.close())
+    const longLived = issuer.sign({ jti: 'cached' }, { now: Math.floor(t0 / 1000), ttl: 24 * 3600 })
+    t.equal((await call(app, longLived, lines)).status, 200, 'verified once, now cached')
+
+    issuer.mode = mode
+    for (let minute = 1; minute <= 10; minute++) {
+      clock.ms = t0 + minute * MIN
+      await app.jwksAuth.refresh()
+      const token = issuer.sign({}, { now: Math.floor(clock.ms / 1000) })
+      t.equal((await call(app, token, lines)).status, 200, `minute ${minute}: a valid token passes`)
+      t.equal((await call(app, longLived, lines)).status, 200, `minute ${minute}: a cached token passes`)
+    }
+    const text = await app.metricsRegistry.metrics()
+    t.match(text, new RegExp(`portcullis_jwks_stale_served_total\\{issuer="${issuer.url}"\\} 1\\d`), 'stale serving is counted (minutes 6-10)')
+    t.match(text, /portcullis_jwks_refresh_total\{result="failure"\} 10/)
+
+    clock.ms = t0 + 5 * MIN + 60 * MIN + 1000 // past freshness (5 min) + maximum stale age (60 min)
+    await app.jwksAuth.refresh()
+    const late = await call(app, issuer.sign({}, { now: Math.floor(clock.ms / 1000) }), lines)
+    t.same(late, { status: 401, reason: 'jwks_unavailable' }, 'after the maximum stale age: jwks_unavailable')
+    t.same(await call(app, longLived, lines), { status: 401, reason: 'jwks_unavailable' }, 'the cached token too')
+
+    issuer.mode = 'ok'
+    clock.ms += MIN
+    await app.jwksAuth.refresh()
+    t.equal((await call(app, issuer.sign({}, { now: Math.floor(clock.ms / 1000) }), lines)).status, 200, 'recovery needs no restart')
+    t.equal((await call(app, longLived, lines)).status, 200)
+  })
+}
+
+t.test('an issuer answering garbage (not network/5xx) gets no stale grace', async (t) => {
+  const issuer = await startTestIssuer({ keys: [rsaKey({ label: 'outage' })] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const lines: LogLine[] = []
+  const app = await buildApp(issuer, clock, lines, { keyCacheTtl: 60 })
+  t.teardown(() => app.close())
+  issuer.rawJwks = 'not a jwks'
+  clock.ms += 30_000
+  await app.jwksAuth.refresh()
+  t.equal((await call(app, issuer.sign({}, { now: Math.floor(clock.ms / 1000) }), lines)).status, 200, 'still fresh')
+  clock.ms += 31_000
+  await app.jwksAuth.refresh()
+  t.same(await call(app, issuer.sign({}, { now: Math.floor(clock.ms / 1000) }), lines), { status: 401, reason: 'jwks_unavailable' })
+  issuer.rawJwks = null
+  await app.jwksAuth.refresh()
+  t.equal((await call(app, issuer.sign({}, { now: Math.floor(clock.ms / 1000) }), lines)).status, 200)
+})
+
+t.test('an issuer that never answered: jwks_unavailable, not ready; ready once it answers', async (t) => {
+  const issuer = await startTestIssuer({ keys: [rsaKey({ label: 'outage' })] })
+  t.teardown(() => issuer.close())
+  issuer.mode = 'error'
+  const clock = { ms: Date.now() }
+  const lines: LogLine[] = []
+  const app = await buildApp(issuer, clock, lines)
+  t.teardown(() => app.close())
+  t.equal(app.jwksAuth.isReady(), false)
+  t.same(await call(app, issuer.sign(), lines), { status: 401, reason: 'jwks_unavailable' })
+  issuer.mode = 'ok'
+  await app.jwksAuth.refresh()
+  t.equal(app.jwksAuth.isReady(), true)
+  t.equal((await call(app, issuer.sign(), lines)).status, 200)
+})
+
+t.test('a hanging issuer is cut off by the fetch timeout, and later fetches still work', async (t) => {
+  const key = rsaKey({ label: 'outage' })
+  const late = rsaKey({ label: 'outage-late' })
+  const issuer = await startTestIssuer({ keys: [key] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const lines: LogLine[] = []
+  const app = await buildApp(issuer, clock, lines, { fetchTimeout: 0.2, kidMissCooldown: 1 })
+  t.teardown(() => app.close())
+  issuer.mode = 'hang'
+  issuer.addKey(late)
+  const started = Date.now()
+  await app.jwksAuth.refresh()
+  const kidMiss = await call(app, issuer.sign({}, { key: late }), lines)
+  t.same(kidMiss, { status: 401, reason: 'jwks_unavailable' }, 'the get-jwks kid-miss fetch timed out too')
+  t.ok(Date.now() - started < 2000, 'both fetches were aborted by their timeouts')
+  issuer.mode = 'ok'
+  clock.ms += 2000 // past the kid-miss cooldown
+  // More than fetchTimeout after get-jwks was built: a single shared AbortSignal would abort this fetch.
+  t.equal((await call(app, issuer.sign({ jti: 'x' }, { key: late }), lines)).status, 200, 'the next kid-miss fetch succeeds')
+})
