@@ -1,0 +1,182 @@
+import { mkdirSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { envBool, envDuration, envEnum, envInt, envString, type Env } from '../lib/env.js'
+import { UsageError } from '../lib/errors.js'
+import { openDb } from '../store/index.js'
+import { dbOptionsFromEnv } from '../store/config.js'
+import { startChild, stopChildren, waitForHttp, type ChildSpec, type LogFormat, type RunningChild } from './stack/children.js'
+import { seedDemo, type DemoState } from './stack/demo.js'
+import { writeStackRouteFile } from './stack/routes.js'
+import { banner, type StackUrls } from './stack/walkthrough.js'
+
+export const help = `Usage: portcullis start [--demo | --no-demo] [--log-format pretty|json]
+
+Starts the whole stack as child processes of this one, on the embedded SQLite store in
+PORTCULLIS_DATA_DIR (./data): the rotation worker, auth, the user/order/product example services and
+the gateway (with a route table for the three services written to <data dir>/gateway-routes.yaml
+unless GATEWAY_CONFIG names your own). Each child's log lines are prefixed with its name; Ctrl-C
+(or SIGTERM) stops them all. A second start reuses the data folder: same keys, users and clients.
+
+Demo mode (on by default for "portcullis start", off for the single-process commands) creates the
+demo users alice, bob and admin and a demo service client "order-service" on the first start only,
+prints them, and gives order-service its client so it can call product-service as itself.
+
+Options:
+  --demo / --no-demo         create and print the demo accounts (default: PORTCULLIS_DEMO, else on)
+  --log-format pretty|json   child log lines as "time LEVEL msg k=v" or raw pino JSON
+                             (default: STACK_LOG_FORMAT, else pretty on a terminal, json otherwise)
+
+Environment (besides every variable of the child processes, which they read themselves):
+  PORTCULLIS_DEMO            demo mode, true/false (default true)
+  STACK_LOG_FORMAT           pretty or json
+  STACK_READY_TIMEOUT        how long to wait for each process to be ready (default 60s)
+  STACK_STOP_TIMEOUT         grace period before a child that ignores SIGTERM is killed (default 10s)
+  STACK_RATE_LIMIT_MAX       requests per minute per caller on each route of the default route table (default 100)
+  STACK_PRODUCTS_RATE_LIMIT_MAX  the same for /api/products, low to show a 429 (default 10)
+  The ports the stack waits on and prints are the children's own: AUTH_HOST, AUTH_PORT,
+  AUTH_ADMIN_PORT, GATEWAY_HOST, GATEWAY_PORT, GATEWAY_ADMIN_PORT, ROTATION_METRICS_PORT,
+  SERVICE_HOST, USER_SERVICE_PORT, ORDER_SERVICE_PORT, PRODUCT_SERVICE_PORT.`
+
+interface StackFlags { demo: boolean | undefined, logFormat: LogFormat | undefined }
+
+function parseFlags (argv: string[]): StackFlags {
+  const flags: StackFlags = { demo: undefined, logFormat: undefined }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === '--demo') flags.demo = true
+    else if (a === '--no-demo') flags.demo = false
+    else if (a === '--log-format' || a.startsWith('--log-format=')) {
+      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
+      if (v !== 'pretty' && v !== 'json') throw new UsageError('--log-format expects pretty or json')
+      flags.logFormat = v
+    } else throw new UsageError(`unknown option "${a}" (see portcullis start --help)`)
+  }
+  return flags
+}
+
+function urlsFromEnv (env: Env): StackUrls {
+  const port = (name: string, def: number): number => envInt(env, name, def, { min: 1, max: 65535 })
+  const host = (name: string): string => {
+    const h = envString(env, name, '127.0.0.1')
+    return h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h
+  }
+  const http = (h: string, p: number): string => `http://${h.includes(':') ? `[${h}]` : h}:${p}`
+  const authHost = host('AUTH_HOST')
+  const svcHost = host('SERVICE_HOST')
+  const gwHost = host('GATEWAY_HOST')
+  const auth = http(authHost, port('AUTH_PORT', 3000))
+  return {
+    auth,
+    issuer: envString(env, 'AUTH_ISSUER', auth).replace(/\/$/, ''),
+    authAdmin: http(authHost, port('AUTH_ADMIN_PORT', 9091)),
+    rotationMetrics: http(host('ROTATION_METRICS_HOST'), port('ROTATION_METRICS_PORT', 9464)),
+    user: http(svcHost, port('USER_SERVICE_PORT', 3001)),
+    order: http(svcHost, port('ORDER_SERVICE_PORT', 3002)),
+    product: http(svcHost, port('PRODUCT_SERVICE_PORT', 3003)),
+    gateway: http(gwHost, port('GATEWAY_PORT', 8080)),
+    gatewayAdmin: http(gwHost, port('GATEWAY_ADMIN_PORT', 9090))
+  }
+}
+
+export async function run (argv: string[]): Promise<number> {
+  const flags = parseFlags(argv)
+  const env = process.env
+  const demo = flags.demo ?? envBool(env, 'PORTCULLIS_DEMO', true)
+  const logFormat: LogFormat = flags.logFormat ?? envEnum<LogFormat>(env, 'STACK_LOG_FORMAT', ['pretty', 'json'], process.stdout.isTTY ? 'pretty' : 'json')
+  const readyMs = envDuration(env, 'STACK_READY_TIMEOUT', 60, { min: 1 }) * 1000
+  const stopMs = envDuration(env, 'STACK_STOP_TIMEOUT', 10, { min: 0.1 }) * 1000
+  const rateLimitMax = envInt(env, 'STACK_RATE_LIMIT_MAX', 100, { min: 1 })
+  const productsRateLimitMax = envInt(env, 'STACK_PRODUCTS_RATE_LIMIT_MAX', 10, { min: 1 })
+  const dataDir = resolve(envString(env, 'PORTCULLIS_DATA_DIR', './data'))
+  const urls = urlsFromEnv(env)
+  const audience = envString(env, 'AUTH_AUDIENCE', 'portcullis').split(',')[0]!.trim()
+
+  mkdirSync(dataDir, { recursive: true })
+  const dbOpts = dbOptionsFromEnv({ ...env, PORTCULLIS_DATA_DIR: dataDir })
+  let demoState: DemoState | undefined
+  let demoCreated = false
+  if (demo) {
+    const db = openDb(dbOpts)
+    try {
+      ({ state: demoState, created: demoCreated } = await seedDemo(db, dataDir))
+    } finally {
+      await db.close()
+    }
+  }
+  let routeFile = envString(env, 'GATEWAY_CONFIG')
+  if (routeFile === undefined) {
+    routeFile = join(dataDir, 'gateway-routes.yaml')
+    writeStackRouteFile(routeFile, {
+      issuer: urls.issuer, audience, users: urls.user, orders: urls.order, products: urls.product, rateLimitMax, productsRateLimitMax
+    })
+  }
+
+  const common = { PORTCULLIS_DATA_DIR: dataDir, AUTH_ISSUER: urls.issuer }
+  const orderClient: Record<string, string> = demoState !== undefined && env.SERVICE_CLIENT_ID === undefined
+    ? { SERVICE_CLIENT_ID: demoState.client.clientId, SERVICE_CLIENT_SECRET: demoState.client.clientSecret }
+    : {}
+  const specs: Record<string, ChildSpec> = {
+    rotation: { name: 'rotation', args: ['rotation'], env: common },
+    auth: { name: 'auth', args: ['auth'], env: common },
+    user: { name: 'user', args: ['services', 'user'], env: common },
+    product: { name: 'product', args: ['services', 'product'], env: common },
+    order: { name: 'order', args: ['services', 'order'], env: { ...common, ...orderClient } },
+    gateway: { name: 'gateway', args: ['gateway'], env: { ...common, GATEWAY_CONFIG: routeFile } }
+  }
+  const width = Math.max(...Object.keys(specs).map((k) => k.length))
+  const color = process.stdout.isTTY && env.NO_COLOR === undefined
+  const children: RunningChild[] = []
+
+  let stopping: Promise<void> | undefined
+  let exitCode = 0
+  let wake!: () => void
+  const stopped = new Promise<void>((resolve) => { wake = resolve })
+  const stop = (code: number, why: string): Promise<void> => {
+    if (stopping !== undefined) return stopping
+    exitCode = code
+    console.error(`portcullis start: ${why}; stopping ${children.length} process(es)`)
+    // Reverse start order: the gateway stops taking traffic before what it calls goes away.
+    stopping = stopChildren([...children].reverse(), stopMs).then(wake)
+    return stopping
+  }
+  const onSignal = (signal: NodeJS.Signals): void => { void stop(0, `${signal} received`) }
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
+  for (const s of signals) process.on(s, onSignal)
+  // Last resort if this process dies without stopping them (an uncaught error): no orphans.
+  const killAll = (): void => { for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL') }
+  process.on('exit', killAll)
+
+  const launch = (key: string): RunningChild => {
+    const child = startChild(specs[key]!, children.length, process.stdout, { format: logFormat, color, width })
+    children.push(child)
+    void child.exited.then(({ code, signal }) => {
+      if (stopping === undefined) void stop(1, `${child.spec.name} exited unexpectedly (${signal ?? `code ${code}`})`)
+    })
+    return child
+  }
+  const ready = async (child: RunningChild, url: string, ok?: (s: number, b: string) => boolean): Promise<void> => {
+    await waitForHttp(url, child.spec.name, readyMs, ok, child.exited)
+  }
+
+  try {
+    // The rotation worker puts the first key in place; auth signs with it; services and the
+    // gateway need auth's JWKS to verify anything.
+    const rotation = launch('rotation')
+    await ready(rotation, `${urls.rotationMetrics}/health/live`)
+    const auth = launch('auth')
+    await ready(auth, `${urls.authAdmin}/health/ready`)
+    const services = (['user', 'product', 'order'] as const).map((k) => ({ k, child: launch(k) }))
+    await Promise.all(services.map(({ k, child }) => ready(child, `${urls[k]}/health`)))
+    const gateway = launch('gateway')
+    await ready(gateway, `${urls.gatewayAdmin}/health/ready`)
+  } catch (err) {
+    if (stopping === undefined) await stop(1, err instanceof Error ? err.message : String(err))
+  }
+  if (stopping === undefined) {
+    process.stdout.write(banner({ urls, dataDir, routeFile, demo: demoState, demoCreated }))
+  }
+  await stopped
+  for (const s of signals) process.off(s, onSignal)
+  process.off('exit', killAll)
+  return exitCode
+}

@@ -1,0 +1,79 @@
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
+import propagation, { clientCredentialsTokenSource, REQUEST_ID_HEADER } from '../plugins/propagation.js'
+import { loggerOptions } from '../lib/logger.js'
+import type { ServiceConfig } from './config.js'
+import { orderService } from './order/server.js'
+import { productService } from './product/server.js'
+import { userService } from './user/server.js'
+
+export interface BuildOptions {
+  /** Fastify logger setting. @defaultValue pino JSON with the house redaction paths */
+  logger?: FastifyServerOptions['logger']
+  /** Extra jwks-auth options (tests shorten timings). */
+  jwksAuth?: Omit<JwksAuthOptions, 'issuers'>
+}
+
+/**
+ * One example service: its own token verification (JWKS) and authorization (jwks-auth registers the
+ * authorize plugin, so per-route `config.auth` rules apply), identity propagation to
+ * the services it calls, a public `/health`, and one log line per request with the caller's `sub`.
+ */
+export async function buildService (config: ServiceConfig, opts: BuildOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: opts.logger ?? loggerOptions(`${config.kind}-service`),
+    // The gateway's request id becomes this service's request id: one id across every log.
+    requestIdHeader: REQUEST_ID_HEADER,
+    genReqId: () => randomUUID(),
+    disableRequestLogging: true
+  })
+
+  await app.register(propagation, {
+    timeout: config.upstreamTimeout,
+    ...(config.client !== undefined
+      ? {
+          serviceToken: clientCredentialsTokenSource({
+            tokenUrl: config.tokenUrl,
+            clientId: config.client.id,
+            clientSecret: config.client.secret
+          })
+        }
+      : {})
+  })
+  await app.register(jwksAuth, {
+    ...opts.jwksAuth,
+    issuers: [{ issuer: config.issuer, jwksUri: config.jwksUri, audience: config.audience }]
+  })
+
+  app.get('/health', { config: { auth: false }, logLevel: 'warn' }, async () => ({ status: 'ok', service: config.kind }))
+
+  app.addHook('onResponse', async (req, reply) => {
+    if (req.routeOptions.url === '/health') return
+    req.log.info({
+      method: req.method,
+      url: req.url,
+      statusCode: reply.statusCode,
+      sub: req.user?.sub,
+      ms: Math.round(reply.elapsedTime)
+    }, 'request completed')
+  })
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 ? err.statusCode : 500
+    const ours = err.code?.startsWith('PORTCULLIS_') === true || err.code?.startsWith('FST_ERR_') === true
+    if (status >= 500) req.log.error({ err }, 'request failed')
+    if (status === 403 && !reply.hasHeader('www-authenticate')) {
+      reply.header('www-authenticate', 'Bearer error="insufficient_scope"')
+    }
+    // Library messages and stack traces stay in the log: a 5xx we did not name says only what it is.
+    const message = status >= 500 && !ours ? 'Internal Server Error' : err.message
+    return reply.code(status).send({ statusCode: status, code: ours ? err.code : undefined, error: STATUS_CODES[status] ?? 'Error', message })
+  })
+
+  if (config.kind === 'user') await app.register(userService)
+  else if (config.kind === 'product') await app.register(productService)
+  else await app.register(orderService, { config })
+  return app
+}

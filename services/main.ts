@@ -1,0 +1,32 @@
+import closeWithGrace from 'close-with-grace'
+import { UsageError } from '../lib/errors.js'
+import { buildService } from './bootstrap.js'
+import { SERVICE_ENV_HELP, SERVICE_KINDS, serviceConfigFromEnv, type ServiceKind } from './config.js'
+
+export const help = `Usage: portcullis services <user|order|product>
+
+Runs one example service. Each verifies tokens itself against the issuer's JWKS and enforces its own
+rights; order-service calls user-service and product-service with the caller's token and request id.
+Their data lives in memory: they show how a real service plugs in.
+
+  user     GET /users/me, GET /users/:id (self or admin), GET /users (admin)          default port 3001
+  order    GET /orders, GET /orders/:id, POST /orders (order:create)                  default port 3002
+  product  GET /products, GET /products/:id, POST /products (product:write)          default port 3003
+
+${SERVICE_ENV_HELP}`
+
+export async function run (argv: string[]): Promise<number> {
+  const kind = argv[0]
+  if (kind === undefined || !(SERVICE_KINDS as readonly string[]).includes(kind) || argv.length > 1) {
+    throw new UsageError(`expected one of ${SERVICE_KINDS.join(', ')}: portcullis services <user|order|product>`)
+  }
+  const config = serviceConfigFromEnv(kind as ServiceKind, process.env)
+  const app = await buildService(config)
+  closeWithGrace({ delay: 5000, logger: false }, async ({ signal, err }) => {
+    if (err !== undefined) app.log.error({ err }, 'stopping after an error')
+    else app.log.info({ signal }, 'stopping')
+    await app.close()
+  })
+  await app.listen({ host: config.host, port: config.port })
+  return 0
+}
