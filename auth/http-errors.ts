@@ -29,6 +29,7 @@ export function describeError (err: FastifyError, req: FastifyRequest, bodyLimit
   }
   const status = err.statusCode ?? 500
   if (status >= 400 && status < 500) {
+    // Fastify reports a "__proto__" key (prototype poisoning) as invalid JSON too.
     const description = err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError
       ? 'malformed JSON body'
       : 'malformed request'

@@ -66,6 +66,8 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
     // No type coercion: `{"username": 123}` is a 400, not the string "123".
     ajv: { customOptions: { coerceTypes: false } }
   })
+  // Only JSON (and form bodies on /oauth/token): a text/plain body is a 400, not a string to validate.
+  app.removeContentTypeParser('text/plain')
   await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
   const m = createAuthMetrics(app.metricsRegistry)
   await app.register(rateLimit, { global: false })
