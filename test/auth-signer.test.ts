@@ -94,7 +94,7 @@ t.test('when the store cannot be read, signing stops once the view is older than
   t.equal(signer.kid, k.kid, 'a short outage keeps the known key (it was active 4 s ago)')
   now += 1001
   t.equal(signer.ready, false, 'past SIGNER_PROPAGATION it could have been revoked: stop')
-  t.throws(() => signer.sign({}), { statusCode: 503 })
+  t.throws(() => signer.sign({}), { code: 'PORTCULLIS_AUTH_NO_SIGNING_KEY' })
   src.fail = false
   await signer.refresh()
   t.equal(signer.ready, true, 'recovers on the next good read')
