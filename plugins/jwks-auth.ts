@@ -5,7 +5,7 @@ import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler } f
 import { promClient } from './metrics.js'
 import { authMetrics } from './auth-metrics.js'
 import { AuthFailure, httpErrorFor, type FailureReason } from './auth-errors.js'
-import { MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './auth-options.js'
+import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './auth-options.js'
 import authorize from './authorize.js'
 import { IssuerKeys } from './jwks-refresher.js'
 import { TokenVerifier, type VerifiedUser } from './jwks-verify.js'
@@ -70,6 +70,10 @@ function bearerToken (request: FastifyRequest): string {
  * (`config:plugins`) for every option, reason code and metric.
  */
 const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
+  if (app.hasDecorator('jwksAuth')) {
+    // A second registration with other options would be silently half-applied: refuse it.
+    throw new AuthOptionsError('issuers', 'jwks-auth is already registered in this context; list every issuer in one registration')
+  }
   const options = resolveOptions(rawOpts)
   const registry = options.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : new promClient.Registry())
   const metrics = authMetrics(registry)
