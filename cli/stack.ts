@@ -165,8 +165,11 @@ export async function run (argv: string[]): Promise<number> {
     await ready(rotation, `${urls.rotationMetrics}/health/live`)
     const auth = launch('auth')
     await ready(auth, `${urls.authAdmin}/health/ready`)
-    const services = (['user', 'product', 'order'] as const).map((k) => ({ k, child: launch(k) }))
-    await Promise.all(services.map(({ k, child }) => ready(child, `${urls[k]}/health`)))
+    // order-service calls the other two (its background catalog refresh starts at once).
+    const leaves = (['user', 'product'] as const).map((k) => ({ k, child: launch(k) }))
+    await Promise.all(leaves.map(({ k, child }) => ready(child, `${urls[k]}/health`)))
+    const order = launch('order')
+    await ready(order, `${urls.order}/health`)
     const gateway = launch('gateway')
     await ready(gateway, `${urls.gatewayAdmin}/health/ready`)
   } catch (err) {

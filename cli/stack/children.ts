@@ -67,15 +67,18 @@ export function startChild (spec: ChildSpec, index: number, out: Writable, opts:
   return { spec, proc, exited }
 }
 
-/** SIGTERM, then SIGKILL after `graceMs` for any child still running. Resolves when all are gone. */
+/**
+ * Stops the children one after another in the order given (SIGTERM, then SIGKILL after `graceMs`),
+ * so a caller can stop the gateway before the services it proxies to. Resolves when all are gone.
+ */
 export async function stopChildren (children: RunningChild[], graceMs: number): Promise<void> {
-  await Promise.all(children.map(async (c) => {
-    if (c.proc.exitCode !== null || c.proc.signalCode !== null) return
+  for (const c of children) {
+    if (c.proc.exitCode !== null || c.proc.signalCode !== null) continue
     c.proc.kill('SIGTERM')
     const timer = setTimeout(() => c.proc.kill('SIGKILL'), graceMs)
     await c.exited
     clearTimeout(timer)
-  }))
+  }
 }
 
 /** Polls `url` until `ok(status)` or `timeoutMs` passes; rejects naming `what` on timeout. */
