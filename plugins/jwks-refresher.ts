@@ -79,6 +79,8 @@ export class IssuerKeys {
   #refreshFlight: Promise<RefreshResult> | null = null
   #timer: NodeJS.Timeout | undefined
   #stopped = false
+  /** Aborts an in-flight refresh when the app closes, so close() does not wait for a slow issuer. */
+  #closing = new AbortController()
 
   constructor (config: ResolvedIssuer, deps: IssuerKeysDeps) {
     this.config = config
@@ -175,7 +177,8 @@ export class IssuerKeys {
     let res: Response
     let text: string
     try {
-      res = await fetch(this.config.jwksUri, { headers, redirect: 'error', signal: AbortSignal.timeout(options.fetchTimeoutMs) })
+      const signal = AbortSignal.any([AbortSignal.timeout(options.fetchTimeoutMs), this.#closing.signal])
+      res = await fetch(this.config.jwksUri, { headers, redirect: 'error', signal })
       text = await res.text()
     } catch (err) {
       return this.#failed(true, describe(err))
@@ -263,6 +266,7 @@ export class IssuerKeys {
   stop (): void {
     this.#stopped = true
     clearTimeout(this.#timer)
+    this.#closing.abort()
   }
 }
 

@@ -122,7 +122,7 @@ export class TokenVerifier {
     const iss = payload.iss
     const issuer = typeof iss === 'string' ? this.#issuers.get(iss) : undefined
     if (issuer === undefined) throw new AuthFailure('bad_issuer')
-    if (!(issuer.config.algorithms as string[]).includes(alg)) throw new AuthFailure('alg_not_allowed', alg)
+    if (!(issuer.config.algorithms as string[]).includes(alg)) throw new AuthFailure('alg_not_allowed', alg.slice(0, 32))
     const kid = header.kid
     if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH) throw new AuthFailure('malformed', 'kid')
 

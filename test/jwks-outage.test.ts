@@ -124,3 +124,19 @@ t.test('a hanging issuer is cut off by the fetch timeout, and later fetches stil
   // More than fetchTimeout after get-jwks was built: a single shared AbortSignal would abort this fetch.
   t.equal((await call(app, issuer.sign({ jti: 'x' }, { key: late }), lines)).status, 200, 'the next kid-miss fetch succeeds')
 })
+
+t.test('closing the app aborts a refresh stuck on a hanging issuer', async (t) => {
+  // With a 10-minute fetch timeout, only the abort on close can end this refresh within the test timeout.
+  t.setTimeout(30_000)
+  const issuer = await startTestIssuer({ keys: [rsaKey({ label: 'outage' })] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock, [], { fetchTimeout: 600 })
+  issuer.mode = 'hang'
+  const fetches = issuer.fetches
+  const pending = app.jwksAuth.refresh()
+  await issuer.waitForFetches(fetches + 1)
+  await app.close()
+  await pending
+  t.pass('the refresh settled once the app closed')
+})
