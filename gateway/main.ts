@@ -4,6 +4,7 @@ import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
 import { envBool, envDuration, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { loggerOptions } from '../lib/logger.js'
+import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
 import { loadGatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE } from './server.js'
 
@@ -27,6 +28,7 @@ Environment:
   GATEWAY_TLS_KEY                PEM private key file (with GATEWAY_TLS_CERT)
   GATEWAY_HSTS_MAX_AGE           HSTS max-age under TLS             (default 365d)
   GATEWAY_SHUTDOWN_GRACE         time to drain on SIGTERM before a forced exit (default 30s)
+${JWKS_ENV.map(([n, d, m]) => `  ${n.padEnd(30)} ${m} (default ${d})`).join('\n')}
   LOG_LEVEL                      pino level                         (default info)`
 
 export interface GatewaySettings {
@@ -83,6 +85,7 @@ export async function run (_argv: string[]): Promise<number> {
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
+    auth: jwksTimingsFromEnv(process.env),
     logger: loggerOptions('gateway')
   })
   const log = gw.app.log

@@ -44,6 +44,7 @@ export async function buildService (config: ServiceConfig, opts: BuildOptions = 
       : {})
   })
   await app.register(jwksAuth, {
+    ...config.jwks,
     ...opts.jwksAuth,
     issuers: [{ issuer: config.issuer, jwksUri: config.jwksUri, audience: config.audience }]
   })

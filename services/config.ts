@@ -1,5 +1,6 @@
 import { envDuration, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
+import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
 
 export const SERVICE_KINDS = ['user', 'order', 'product'] as const
 export type ServiceKind = typeof SERVICE_KINDS[number]
@@ -30,6 +31,8 @@ export interface ServiceConfig {
   productServiceUrl: string
   /** Seconds between the order service's background catalog refreshes; 0 disables them. */
   catalogRefresh: number
+  /** jwks-auth timings (JWKS_REFRESH_INTERVAL, JWKS_CACHE_TTL, JWKS_KID_MISS_COOLDOWN). */
+  jwks: ReturnType<typeof jwksTimingsFromEnv>
 }
 
 function url (env: Env, name: string, def: string): string {
@@ -60,7 +63,8 @@ export function serviceConfigFromEnv (kind: ServiceKind, env: Env): ServiceConfi
     upstreamTimeout: envDuration(env, 'SERVICE_UPSTREAM_TIMEOUT', DEFAULT_UPSTREAM_TIMEOUT_S, { min: 0.001 }) * 1000,
     userServiceUrl: url(env, 'USER_SERVICE_URL', local('user')),
     productServiceUrl: url(env, 'PRODUCT_SERVICE_URL', local('product')),
-    catalogRefresh: envDuration(env, 'ORDER_CATALOG_REFRESH', DEFAULT_CATALOG_REFRESH_S)
+    catalogRefresh: envDuration(env, 'ORDER_CATALOG_REFRESH', DEFAULT_CATALOG_REFRESH_S),
+    jwks: jwksTimingsFromEnv(env)
   }
 }
 
@@ -79,4 +83,5 @@ export const SERVICE_ENV_HELP = `Environment:
   SERVICE_CLIENT_SECRET      its secret (set together with SERVICE_CLIENT_ID)
   SERVICE_UPSTREAM_TIMEOUT   deadline of one call to another service (default 5s)
   ORDER_CATALOG_REFRESH      order-service background catalog refresh period, 0 = off (default 60s)
+${JWKS_ENV.map(([n, d, m]) => `  ${n.padEnd(26)} ${m} (default ${d})`).join('\n')}
   LOG_LEVEL                  pino log level (default info)`
