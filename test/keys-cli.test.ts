@@ -1,0 +1,87 @@
+import t, { type Test } from 'tap'
+import { KEYS_TABLE } from '../store/keys-schema.js'
+import type { Db } from '../store/db.js'
+import { testBackends } from './helpers/backends.js'
+import { runCli, TEST_TIMING_ENV } from './helpers/rotation-workers.js'
+
+const SECRET = 'cli-test-secret-0123456789abcdefghijklmn'
+
+async function dump (db: Db): Promise<unknown[]> {
+  return await db.query(`SELECT * FROM ${KEYS_TABLE} ORDER BY kid`)
+}
+
+/** A failed command: non-zero exit and exactly one line on stderr matching `re`. */
+function oneLineError (t: Test, r: { code: number | null, stderr: string }, re: RegExp, what: string): void {
+  t.equal(r.code, 1, `${what}: exit code 1`)
+  const lines = r.stderr.trim().split('\n')
+  t.equal(lines.length, 1, `${what}: one line (${r.stderr.trim()})`)
+  t.match(lines[0], re, what)
+}
+
+const [sqlite] = await testBackends()
+
+t.test('keys and rotation commands: happy path and bad input (one-line errors, non-zero exit, store unchanged)', async (t) => {
+  const be = await sqlite!.open()
+  t.teardown(be.cleanup)
+  const env = { ...be.env, ...TEST_TIMING_ENV, PORTCULLIS_KEY_SECRETS: SECRET, LOG_LEVEL: 'warn' }
+  const cli = async (args: string[], extra: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> => await runCli(args, { ...env, ...extra })
+
+  const first = await cli(['keys', 'rotate', '--activate-now'])
+  t.equal(first.code, 0, first.stderr)
+  const kid = /key (\S+) is active/.exec(first.stdout)?.[1]
+  t.ok(kid !== undefined, 'printed the new active kid')
+  const [list, jwks, help] = await Promise.all([cli(['keys', 'list']), cli(['keys', 'jwks']), cli(['rotation', '--help'])])
+  t.match(list.stdout, new RegExp(`^kid +state +created +activated/activates +retired +prunes at\\n${kid} +active `))
+  const set = JSON.parse(jwks.stdout) as { keys: Array<Record<string, string>> }
+  t.same(set.keys.map((k) => Object.keys(k).sort()), [['alg', 'e', 'kid', 'kty', 'n', 'use']])
+  t.equal(set.keys[0]!.kid, kid)
+  t.match(help.stdout, /--once/)
+
+  const before = await dump(be.db)
+  const bad = await Promise.all([
+    cli(['keys', 'revoke', 'no-such-kid']),
+    cli(['keys', 'rotate'], { KEY_ROTATION_PERIOD: 'weekly' }),
+    cli(['rotation', '--once'], { KEY_SIZE: '1024' }),
+    cli(['rotation'], { ROTATION_METRICS_PORT: 'ninety' }),
+    cli(['rotation', '--once'], { KEY_PREPUBLISH: '10s' }),
+    cli(['rotation', '--once'], { PORTCULLIS_KEY_SECRETS: 'too-short' }),
+    cli(['rotation', '--once'], { ROTATION_SCHEDULE: 'every tuesday' }),
+    cli(['rotation', '--once'], { DATABASE_URL: 'mysql://x' }),
+    cli(['keys', 'rotate', '--activate-now'], { PORTCULLIS_KEY_SECRETS: 'a-different-secret-0123456789abcdefghijkl' }),
+    cli(['keys', 'frobnicate']),
+    cli(['keys', 'revoke']),
+    cli(['rotation', '--twice'])
+  ])
+  oneLineError(t, bad[0]!, /^portcullis: no signing key with kid "no-such-kid"$/, 'unknown kid for revoke')
+  oneLineError(t, bad[1]!, /^portcullis: Invalid configuration: KEY_ROTATION_PERIOD: expected a duration/, 'malformed duration')
+  oneLineError(t, bad[2]!, /^portcullis: Invalid configuration: KEY_SIZE: expected one of 2048, 3072, 4096, got "1024"$/, 'bad key size')
+  oneLineError(t, bad[3]!, /^portcullis: Invalid configuration: ROTATION_METRICS_PORT: expected an integer/, 'bad port')
+  oneLineError(t, bad[4]!, /^portcullis: Invalid configuration: KEY_PREPUBLISH: must be >= VERIFIER_CACHE_MAX \+ CLOCK_SKEW \+ SIGNER_PROPAGATION = 36s/, 'unsafe timing')
+  oneLineError(t, bad[5]!, /^portcullis: Invalid configuration: PORTCULLIS_KEY_SECRETS: secret #1 is 9 characters long/, 'short secret')
+  oneLineError(t, bad[6]!, /^portcullis: Invalid configuration: ROTATION_SCHEDULE: not a valid cron pattern "every tuesday"/, 'bad schedule')
+  oneLineError(t, bad[7]!, /^portcullis: Invalid configuration: DATABASE_URL: expected a postgres: or postgresql: URL/, 'bad database URL')
+  oneLineError(t, bad[8]!, new RegExp(`^portcullis: cannot decrypt private key ${kid}: sealed with secret id [0-9a-f]{12}, which is not among the configured secrets`), 'wrong secret')
+  oneLineError(t, bad[9]!, /^portcullis: keys: unknown command "frobnicate"/, 'unknown subcommand')
+  oneLineError(t, bad[10]!, /^portcullis: keys revoke: expected 1 argument/, 'missing kid')
+  oneLineError(t, bad[11]!, /^portcullis: rotation: unknown argument "--twice"/, 'unknown flag')
+  t.same(await dump(be.db), before, 'store unchanged by every bad command')
+
+  // A corrupt row: every command that reads it names it and stops; nothing changes.
+  await be.db.run(`UPDATE ${KEYS_TABLE} SET public_jwk = ? WHERE kid = ?`, ['{"kty":"RSA"', kid!])
+  const corrupt = await dump(be.db)
+  const [c1, c2, c3] = await Promise.all([cli(['rotation', '--once']), cli(['keys', 'list']), cli(['rotation'], { ROTATION_METRICS_PORT: '0' })])
+  const re = new RegExp(`^portcullis: (rotation worker cannot start: )?corrupt key row ${kid}: public key is not valid JSON$`)
+  oneLineError(t, c1, re, 'corrupt row: rotation --once')
+  oneLineError(t, c2, re, 'corrupt row: keys list')
+  oneLineError(t, c3, re, 'corrupt row: the daemon refuses to start')
+  t.same(await dump(be.db), corrupt, 'store unchanged by the corrupt-row failures')
+  await be.db.run(`UPDATE ${KEYS_TABLE} SET public_jwk = ? WHERE kid = ?`, [(before as Array<{ kid: string, public_jwk: string }>)[0]!.public_jwk, kid!])
+
+  // Emergency revoke of the active key: a replacement is active in the same command.
+  const rev = await cli(['keys', 'revoke', kid!])
+  t.equal(rev.code, 0, rev.stderr)
+  t.match(rev.stdout, new RegExp(`revoked key ${kid}: it left the JWKS.*\\nkey \\S+ is now the active key`))
+  const after = JSON.parse((await cli(['keys', 'jwks'])).stdout) as { keys: Array<{ kid: string }> }
+  t.equal(after.keys.length, 1)
+  t.not(after.keys[0]!.kid, kid, 'the revoked key left the JWKS')
+})
