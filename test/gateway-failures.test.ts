@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,6 +6,7 @@ import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 import { freePort } from './helpers/ports.js'
+import { startGatewayProcess } from './helpers/gateway-process.js'
 
 async function start (t: Test, file: Record<string, unknown>, now?: () => number): Promise<{ gw: Gateway, base: string }> {
   const gw = await buildGateway({ config: parseGatewayConfig(file, 'test'), logger: false, now })
@@ -116,32 +116,14 @@ t.test('SIGTERM drains: an in-flight slow request completes, then the process ex
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const cfg = join(dir, 'routes.json')
   writeFileSync(cfg, JSON.stringify({ routes: [{ prefix: '/slow', upstream: slow.url, auth: false }] }))
-  const port = await freePort()
-  const adminPort = await freePort()
-  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
-    env: { ...process.env, GATEWAY_CONFIG: cfg, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let out = ''
-  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { out += d.toString() })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  await new Promise<void>((resolve, reject) => {
-    const check = (): void => { if (out.includes('gateway ready')) resolve() }
-    child.stdout.on('data', check)
-    void exited.then(() => reject(new Error(`gateway exited early:\n${out}`)))
-  })
+  const gp = await startGatewayProcess({ GATEWAY_CONFIG: cfg })
+  t.teardown(gp.kill)
+  const { child, exited, base } = gp
 
-  const base = `http://127.0.0.1:${port}`
   const inflight = rawRequest(base, '/slow/x')
   await arrived
   child.kill('SIGTERM')
-  await new Promise<void>((resolve) => {
-    const check = (): void => { if (out.includes('draining')) resolve() }
-    check()
-    child.stdout.on('data', check)
-  })
+  await gp.waitFor('draining')
   await t.rejects(rawRequest(base, '/slow/x'), 'a new connection is refused while draining')
   t.equal(child.exitCode, null, 'still running while a request is in flight')
   release!()
@@ -149,5 +131,5 @@ t.test('SIGTERM drains: an in-flight slow request completes, then the process ex
   t.equal(r.status, 200)
   t.equal(r.body, '{"slow":"done"}')
   t.equal(await exited, 0, 'clean exit after the drain')
-  t.match(out, /gateway stopped/)
+  t.match(gp.output(), /gateway stopped/)
 })
