@@ -7,6 +7,8 @@ import { parseJwk, parseJwks, type KeyEntry } from './jwks-keys.js'
 
 /** Largest JWKS body read; a real one is a few KB. */
 const MAX_JWKS_BYTES = 256 * 1024
+/** Removed kids remembered (oldest forgotten first). */
+const MAX_REMEMBERED_REMOVED = 1000
 /** First retry delay while an issuer has never been loaded; doubles up to the refresh interval. */
 const FIRST_RETRY_MS = 500
 
@@ -75,6 +77,8 @@ export class IssuerKeys {
   #loaded = false
   #failures = 0
   #cooldownUntil = Number.NEGATIVE_INFINITY
+  /** Kids that left the set: their tokens are refused without a fetch, so they cannot burn the kid-miss cooldown. */
+  #removed = new Set<string>()
   #kidFlight: Promise<MissOutcome> | null = null
   #refreshFlight: Promise<RefreshResult> | null = null
   #timer: NodeJS.Timeout | undefined
@@ -118,6 +122,7 @@ export class IssuerKeys {
    * flood of random kids costs at most one JWKS request per cooldown.
    */
   async resolveMissing (kid: string): Promise<MissOutcome> {
+    if (this.#removed.has(kid)) return 'not_found'
     const inFlight = this.#kidFlight ?? this.#refreshFlight
     if (inFlight !== null) {
       await inFlight
@@ -209,7 +214,13 @@ export class IssuerKeys {
     this.#succeeded()
     this.#loaded = true
     metrics.keys.set({ issuer: this.config.issuer }, this.keys.size)
+    for (const kid of this.keys.keys()) this.#removed.delete(kid)
     if (removed.length > 0) {
+      for (const kid of removed) {
+        if (this.keys.has(kid)) continue // same kid, new material: not gone
+        this.#removed.add(kid)
+        if (this.#removed.size > MAX_REMEMBERED_REMOVED) this.#removed.delete(this.#removed.values().next().value as string)
+      }
       this.#evictGetJwks(removed)
       this.#deps.onRemoved(this.config.issuer, removed)
       log.info({ event: 'jwks_keys_removed', issuer: this.config.issuer, kids: removed }, 'keys left the JWKS')
