@@ -98,7 +98,7 @@ export async function run (argv: string[]): Promise<number> {
   if (demo) {
     const db = openDb(dbOpts)
     try {
-      ({ state: demoState, created: demoCreated } = await seedDemo(db, dataDir))
+      ({ state: demoState, created: demoCreated } = await seedDemo(db, dataDir, env))
     } finally {
       await db.close()
     }
@@ -149,6 +149,7 @@ export async function run (argv: string[]): Promise<number> {
   const launch = (key: string): RunningChild => {
     const child = startChild(specs[key]!, children.length, process.stdout, { format: logFormat, color, width })
     children.push(child)
+    console.error(`portcullis start: started ${child.spec.name} (pid ${child.proc.pid ?? '?'})`)
     void child.exited.then(({ code, signal }) => {
       if (stopping === undefined) void stop(1, `${child.spec.name} exited unexpectedly (${signal ?? `code ${code}`})`)
     })

@@ -1,6 +1,8 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import type { Env } from '../../lib/env.js'
 import type { Db } from '../../store/index.js'
+import { PasswordHasher, scryptParamsFromEnv } from '../../store/password.js'
 import { openClientStore } from '../../store/clients.js'
 import { openUserStore } from '../../store/users.js'
 
@@ -38,10 +40,11 @@ export function readDemoState (dataDir: string): DemoState | undefined {
  * Creates the demo users and the demo service client unless an earlier start did. An account that
  * already exists (created by hand) is left alone. Returns the state and whether it was created now.
  */
-export async function seedDemo (db: Db, dataDir: string): Promise<{ state: DemoState, created: boolean }> {
+export async function seedDemo (db: Db, dataDir: string, env: Env): Promise<{ state: DemoState, created: boolean }> {
   const existing = readDemoState(dataDir)
   if (existing !== undefined) return { state: existing, created: false }
-  const users = await openUserStore(db)
+  // Hashed with the parameters auth uses (PASSWORD_SCRYPT_*), so the first login need not re-hash.
+  const users = await openUserStore(db, { hasher: new PasswordHasher({ params: scryptParamsFromEnv(env) }) })
   for (const u of DEMO_USERS) {
     if (await users.get(u.username) === null) {
       await users.add({ username: u.username, password: u.password, role: u.role, permissions: u.permissions })
