@@ -7,8 +7,9 @@ import { parseJwk, parseJwks, type KeyEntry } from './jwks-keys.js'
 
 /** Largest JWKS body read; a real one is a few KB. */
 const MAX_JWKS_BYTES = 256 * 1024
-/** Removed kids remembered (oldest forgotten first). */
+/** Removed kids remembered (oldest forgotten first), each for an hour: longer than an access token lives. */
 const MAX_REMEMBERED_REMOVED = 1000
+const REMOVED_KID_MEMORY_MS = 3600_000
 /** First retry delay while an issuer has never been loaded; doubles up to the refresh interval. */
 const FIRST_RETRY_MS = 500
 
@@ -78,7 +79,7 @@ export class IssuerKeys {
   #failures = 0
   #cooldownUntil = Number.NEGATIVE_INFINITY
   /** Kids that left the set: their tokens are refused without a fetch, so they cannot burn the kid-miss cooldown. */
-  #removed = new Set<string>()
+  #removed = new Map<string, number>()
   #kidFlight: Promise<MissOutcome> | null = null
   #refreshFlight: Promise<RefreshResult> | null = null
   #timer: NodeJS.Timeout | undefined
@@ -122,7 +123,8 @@ export class IssuerKeys {
    * flood of random kids costs at most one JWKS request per cooldown.
    */
   async resolveMissing (kid: string): Promise<MissOutcome> {
-    if (this.#removed.has(kid)) return 'not_found'
+    const removedAt = this.#removed.get(kid)
+    if (removedAt !== undefined && this.#deps.options.now() - removedAt < REMOVED_KID_MEMORY_MS) return 'not_found'
     const inFlight = this.#kidFlight ?? this.#refreshFlight
     if (inFlight !== null) {
       await inFlight
@@ -218,8 +220,9 @@ export class IssuerKeys {
     if (removed.length > 0) {
       for (const kid of removed) {
         if (this.keys.has(kid)) continue // same kid, new material: not gone
-        this.#removed.add(kid)
-        if (this.#removed.size > MAX_REMEMBERED_REMOVED) this.#removed.delete(this.#removed.values().next().value as string)
+        this.#removed.delete(kid)
+        this.#removed.set(kid, this.#deps.options.now())
+        if (this.#removed.size > MAX_REMEMBERED_REMOVED) this.#removed.delete(this.#removed.keys().next().value as string)
       }
       this.#evictGetJwks(removed)
       this.#deps.onRemoved(this.config.issuer, removed)
