@@ -1,0 +1,110 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { headerOf, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+
+/**
+ * Short timings that still obey the DESIGN rules (the rotation worker refuses any that do not):
+ * T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=1s (auth re-reads
+ * the active key every 0.25s); pre-publish 4s >= C+S+P; retire window 14s >= P+T+S+C; a new key every
+ * 5s, the worker ticking every second.
+ */
+const SHORT_TIMINGS = {
+  ACCESS_TOKEN_TTL: '10s',
+  CLOCK_SKEW: '1s',
+  VERIFIER_CACHE_MAX: '2s',
+  SIGNER_PROPAGATION: '1s',
+  KEY_PREPUBLISH: '4s',
+  KEY_RETIRE_WINDOW: '14s',
+  KEY_ROTATION_PERIOD: '5s',
+  ROTATION_SCHEDULE: '* * * * * *',
+  AUTH_KEY_POLL_INTERVAL: '250ms',
+  JWKS_REFRESH_INTERVAL: '500ms',
+  JWKS_CACHE_TTL: '2s',
+  STACK_RATE_LIMIT_MAX: '1000000',
+  STACK_PRODUCTS_RATE_LIMIT_MAX: '1000000'
+}
+const MIN_ROTATIONS = 3
+const MIN_SECONDS = 20
+const MAX_SECONDS = 60
+
+interface Outcome { what: string, status: number, kid: string }
+
+t.test('keys rotate several times under a steady stream of fresh tokens: no 401, no 5xx', async (t) => {
+  const data = tempDataDir()
+  t.teardown(data.remove)
+  const stack = await startStack({ ports: await stackPorts(), dataDir: data.dir, env: SHORT_TIMINGS, teardown: (fn) => t.teardown(fn) })
+  await stack.waitFor(/Portcullis is running/)
+  const u = stack.urls
+  const demo = JSON.parse(readFileSync(join(data.dir, 'demo-credentials.json'), 'utf8')) as { client: { clientId: string, clientSecret: string } }
+
+  const outcomes: Outcome[] = []
+  const kids = new Set<string>()
+  const started = Date.now()
+  const done = (): boolean => {
+    const s = (Date.now() - started) / 1000
+    return s >= MAX_SECONDS || (s >= MIN_SECONDS && kids.size > MIN_ROTATIONS)
+  }
+  const record = (what: string, status: number, token: string | undefined): void => {
+    const kid = token !== undefined ? String(headerOf(token).kid) : '-'
+    if (token !== undefined) kids.add(kid)
+    outcomes.push({ what, status, kid })
+  }
+  const post = (url: string, body: unknown, token?: string) => fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body)
+  })
+
+  // A service client: a new client-credentials token for every request.
+  const serviceWorker = async (): Promise<void> => {
+    while (!done()) {
+      const res = await fetch(`${u.auth}/oauth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'client_credentials', client_id: demo.client.clientId, client_secret: demo.client.clientSecret })
+      })
+      const tok = res.status === 200 ? ((await res.json()) as { access_token: string }).access_token : undefined
+      record('token', res.status, undefined)
+      if (tok === undefined) continue
+      for (const path of ['/api/orders', '/api/products']) {
+        const r = await fetch(`${u.gateway}${path}`, { headers: { authorization: `Bearer ${tok}` } })
+        await r.arrayBuffer()
+        record(`GET ${path}`, r.status, tok)
+      }
+    }
+  }
+  // A user: refreshes for a new access token, then places an order (gateway, order, user and
+  // product services each verify that token).
+  const userWorker = async (username: string): Promise<void> => {
+    const login = await post(`${u.auth}/auth/login`, { username, password: `${username}-demo-pass` })
+    t.equal(login.status, 200, `${username} logged in`)
+    let refresh = ((await login.json()) as { refresh_token: string }).refresh_token
+    while (!done()) {
+      const res = await post(`${u.auth}/auth/refresh`, { refresh_token: refresh })
+      record('refresh', res.status, undefined)
+      if (res.status !== 200) return
+      const pair = (await res.json()) as { access_token: string, refresh_token: string }
+      refresh = pair.refresh_token
+      const r = await post(`${u.gateway}/api/orders`, { items: [{ productId: 'p-3', quantity: 1 }] }, pair.access_token)
+      await r.arrayBuffer()
+      record('POST /api/orders', r.status, pair.access_token)
+    }
+  }
+  await Promise.all([serviceWorker(), serviceWorker(), userWorker('alice'), userWorker('admin')])
+
+  const seconds = (Date.now() - started) / 1000
+  const by = (f: (o: Outcome) => boolean) => outcomes.filter(f)
+  const unauthorized = by((o) => o.status === 401)
+  const serverErrors = by((o) => o.status >= 500)
+  const unexpected = by((o) => ![200, 201].includes(o.status))
+  t.comment(`${outcomes.length} requests in ${seconds.toFixed(1)}s across ${kids.size} signing keys (${kids.size - 1} rotations)`)
+  t.ok(kids.size > MIN_ROTATIONS, `tokens were signed by ${kids.size} different keys: at least ${MIN_ROTATIONS} rotations under load`)
+  t.ok(outcomes.length > 200, `a steady stream (${outcomes.length} requests)`)
+  t.same(unauthorized, [], 'zero 401s for valid tokens')
+  t.same(serverErrors, [], 'zero 5xx')
+  t.same(unexpected, [], 'every request succeeded')
+  const rotations = stack.logs('rotation').filter((l) => l.rec.event === 'key_activate' || /activat/.test(String(l.rec.msg)))
+  t.ok(rotations.length >= MIN_ROTATIONS, `the rotation worker logged ${rotations.length} activations`)
+  t.equal(await stack.stop(), 0)
+})
