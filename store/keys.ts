@@ -79,6 +79,15 @@ export async function generateSigningKey (keySize: KeySize = DEFAULT_KEY_SIZE): 
   return { kid: jwkThumbprint(publicKey), keySize, publicKey, privateDer: privateKey.export({ format: 'der', type: 'pkcs8' }) }
 }
 
+const CHANGE_TEXT: Record<AppliedChange['op'], string> = {
+  create: 'created',
+  activate: 'activated, now signing',
+  retire: 'retired, private part destroyed, still published',
+  revoke: 'revoked, unpublished, private part destroyed',
+  prune: 'pruned',
+  reseal: 'private part resealed with the first secret'
+}
+
 const RETRY = Symbol('retry')
 const MAX_ATTEMPTS = 3
 
@@ -239,7 +248,7 @@ export class KeyStore {
       }
     }
     if (opts.beforeCommit !== undefined) await opts.beforeCommit()
-    for (const a of applied) this.#log?.info({ event: 'key_' + a.op, kid: a.kid, state: a.state, at: new Date(a.at).toISOString() }, `signing key ${a.kid} ${a.op}`)
+    for (const a of applied) this.#log?.info({ event: 'key_' + a.op, kid: a.kid, state: a.state, at: new Date(a.at).toISOString() }, `signing key ${a.kid}: ${CHANGE_TEXT[a.op]}`)
     return { changes: applied, discardedKey: candidate !== undefined && creates === 0, now, keys: after }
   }
 
