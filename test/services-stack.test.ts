@@ -1,0 +1,70 @@
+import { readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { parseGatewayConfig } from '../gateway/config.js'
+import { run as runStack } from '../cli/stack.js'
+import { prettyLine } from '../cli/stack/children.js'
+import { DEMO_FILE, DEMO_USERS, seedDemo } from '../cli/stack/demo.js'
+import { stackRouteFile } from '../cli/stack/routes.js'
+import { run as runServices } from '../services/main.js'
+import { serviceConfigFromEnv } from '../services/config.js'
+import { openClientStore } from '../store/clients.js'
+import { openDb } from '../store/index.js'
+import { openUserStore } from '../store/users.js'
+import { tempDataDir } from './helpers/stack.js'
+
+t.test('the generated route table passes the gateway\'s own validation', async (t) => {
+  const file = stackRouteFile({
+    issuer: 'http://127.0.0.1:3000', audience: 'portcullis', users: 'http://127.0.0.1:3001',
+    orders: 'http://127.0.0.1:3002', products: 'http://127.0.0.1:3003', rateLimitMax: 100, productsRateLimitMax: 10
+  })
+  const cfg = parseGatewayConfig(file, 'generated')
+  t.same(cfg.routes.map((r) => [r.prefix, r.upstream, r.rewritePrefix, r.auth]), [
+    ['/api/users', 'http://127.0.0.1:3001', '/users', true],
+    ['/api/orders', 'http://127.0.0.1:3002', '/orders', true],
+    ['/api/products', 'http://127.0.0.1:3003', '/products', true]
+  ])
+  t.same(cfg.routes[2]!.rateLimit, { max: 10, timeWindow: 60 })
+  t.same(cfg.rateLimit, { max: 100, timeWindow: 60 })
+})
+
+t.test('demo accounts are created on the first start only, and work', async (t) => {
+  const data = tempDataDir()
+  t.teardown(data.remove)
+  const db = openDb({ sqlitePath: join(data.dir, 'portcullis.db') })
+  t.teardown(() => db.close())
+  const env = { PASSWORD_SCRYPT_N: '1024' }
+  const first = await seedDemo(db, data.dir, env)
+  t.equal(first.created, true)
+  t.equal(statSync(join(data.dir, DEMO_FILE)).mode & 0o777, 0o600, 'the credentials file is private')
+  const users = await openUserStore(db)
+  for (const u of DEMO_USERS) t.match(await users.verify(u.username, u.password), { role: u.role, permissions: u.permissions }, `${u.username} can log in`)
+  const clients = await openClientStore(db)
+  t.ok(await clients.verify(first.state.client.clientId, first.state.client.clientSecret), 'the printed client secret is valid')
+
+  const second = await seedDemo(db, data.dir, env)
+  t.equal(second.created, false)
+  t.same(second.state, first.state, 'the second start reads the first start\'s accounts')
+  t.equal((await users.list()).length, DEMO_USERS.length, 'nobody added twice')
+  t.same(JSON.parse(readFileSync(join(data.dir, DEMO_FILE), 'utf8')), first.state)
+})
+
+t.test('pino lines are made readable; other lines pass through', async (t) => {
+  const line = JSON.stringify({ level: 30, time: Date.UTC(2026, 0, 1, 12, 34, 56), pid: 1, hostname: 'h', name: 'order-service', reqId: 'r1', msg: 'request completed', statusCode: 201, sub: 'u1' })
+  t.equal(prettyLine(line), '12:34:56 INFO  request completed reqId=r1 statusCode=201 sub=u1')
+  t.equal(prettyLine('(node:1) Warning: something'), '(node:1) Warning: something')
+  t.equal(prettyLine('{not json'), '{not json')
+})
+
+t.test('bad commands and settings fail with one clear message', async (t) => {
+  await t.rejects(runStack(['--bogus']), { code: 'PORTCULLIS_USAGE', message: /unknown option "--bogus"/ })
+  await t.rejects(runStack(['--log-format', 'xml']), { code: 'PORTCULLIS_USAGE' })
+  await t.rejects(runServices(['shipping']), { code: 'PORTCULLIS_USAGE', message: /user, order, product/ })
+  t.throws(() => serviceConfigFromEnv('order', { SERVICE_CLIENT_ID: 'x' }), { code: 'PORTCULLIS_CONFIG', message: /SERVICE_CLIENT_SECRET/ })
+  t.throws(() => serviceConfigFromEnv('user', { USER_SERVICE_PORT: 'eighty' }), { message: /USER_SERVICE_PORT/ })
+  t.throws(() => serviceConfigFromEnv('user', { AUTH_ISSUER: 'ftp://x' }), { message: /AUTH_ISSUER/ })
+  t.throws(() => serviceConfigFromEnv('user', { SERVICE_UPSTREAM_TIMEOUT: 'soon' }), { message: /SERVICE_UPSTREAM_TIMEOUT/ })
+  t.throws(() => serviceConfigFromEnv('user', { JWKS_REFRESH_INTERVAL: '-1' }), { message: /JWKS_REFRESH_INTERVAL/ })
+  const ok = serviceConfigFromEnv('order', { AUTH_ISSUER: 'http://auth.local:4000/', SERVICE_HOST: '0.0.0.0' })
+  t.match(ok, { port: 3002, issuer: 'http://auth.local:4000', jwksUri: 'http://auth.local:4000/.well-known/jwks.json', tokenUrl: 'http://auth.local:4000/oauth/token', userServiceUrl: 'http://127.0.0.1:3001', upstreamTimeout: 5000, client: undefined })
+})
