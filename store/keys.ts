@@ -307,6 +307,8 @@ export class KeyStore {
 
 /** Runs the key tables' migrations and returns the store. */
 export async function openKeyStore (db: Db, opts: KeyStoreOptions): Promise<KeyStore> {
+  // A destroyed private part (already sealed) should not linger in freed SQLite pages either.
+  if (db.dialect === 'sqlite') await db.query('PRAGMA secure_delete = ON')
   await migrate(db, [keysComponent])
   return new KeyStore(db, opts)
 }
