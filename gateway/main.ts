@@ -3,7 +3,6 @@ import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
 import { envBool, envDuration, envInt, envString, envUrl, type Env } from '../lib/env.js'
-import { loggerOptions } from '../lib/logger.js'
 import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
 import { loadGatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE } from './server.js'
@@ -85,8 +84,7 @@ export async function run (_argv: string[]): Promise<number> {
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
-    auth: jwksTimingsFromEnv(process.env),
-    logger: loggerOptions('gateway')
+    auth: jwksTimingsFromEnv(process.env)
   })
   const log = gw.app.log
   // On SIGTERM: stop accepting, let in-flight requests finish (Fastify closes idle keep-alive

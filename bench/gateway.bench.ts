@@ -1,0 +1,207 @@
+import { fork, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { performance } from 'node:perf_hooks'
+import autocannon from 'autocannon'
+import { Pool } from 'undici'
+import { startTestIssuer } from '../test/helpers/issuer.js'
+
+/**
+ * Gateway throughput and latency against the same upstream, all in one run:
+ *   direct upstream | bare @fastify/http-proxy | full gateway (verify + authorize + rate limit +
+ *   metrics + info logs) with 1 token, 1,000 tokens, and every request a verification-cache miss |
+ *   the full gateway with each part switched off in turn (per-part cost).
+ * Rounds are interleaved (every target once per round, order rotated), medians of ROUNDS.
+ * Then a fixed-rate run at half the bare proxy's maximum (p99 with microsecond resolution from an
+ * open-loop generator: autocannon's histogram has 1 ms resolution), and the gateway's resident memory
+ * after 100,000 distinct tokens. Targets from issue 5 are printed as PASS/FAIL.
+ */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const DURATION = Number(process.env.BENCH_DURATION ?? 4) // seconds per measurement
+const CONNECTIONS = 32
+const DISTINCT_FOR_RSS = Number(process.env.BENCH_RSS_TOKENS ?? 100_000)
+const TARGET = 'bench/gateway-target.ts'
+
+const children: ChildProcess[] = []
+function startTarget (args: string[], env: Record<string, string> = {}): Promise<{ port: number, pid: number }> {
+  const child = fork(fileURLToPath(new URL('./gateway-target.ts', import.meta.url)), args, {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc']
+  })
+  children.push(child)
+  return new Promise((resolve, reject) => {
+    child.once('message', (m) => resolve({ port: (m as { port: number }).port, pid: child.pid! }))
+    child.once('exit', (code) => reject(new Error(`${TARGET} ${args[0]} exited with ${code}`)))
+  })
+}
+
+interface Target { name: string, url: string, tokens: string[] }
+interface Sample { rps: number, p50: number, p99: number, non2xx: number }
+
+async function load (t: Target, seconds: number, amount?: number): Promise<Sample> {
+  let i = 0
+  const r = await autocannon({
+    url: t.url,
+    connections: CONNECTIONS,
+    ...(amount === undefined ? { duration: seconds } : { amount }),
+    requests: [{
+      method: 'GET',
+      setupRequest: (req) => t.tokens.length === 0
+        ? req
+        : { ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } }
+    }]
+  })
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx + r.errors }
+}
+
+/** Open loop: `rate` requests per second whatever the latency; latencies in ms with µs resolution. */
+async function fixedRate (t: Target, rate: number, seconds: number): Promise<{ p50: number, p99: number, failed: number }> {
+  const u = new URL(t.url)
+  const pool = new Pool(u.origin, { connections: 64 })
+  const headers = t.tokens.length === 0 ? {} : { authorization: `Bearer ${t.tokens[0]!}` }
+  const total = Math.round(rate * seconds)
+  const lat: number[] = []
+  let sent = 0
+  let done = 0
+  let failed = 0
+  const start = performance.now()
+  await new Promise<void>((resolve) => {
+    const timer = setInterval(() => {
+      const due = Math.min(total, Math.floor((performance.now() - start) * rate / 1000))
+      while (sent < due) {
+        sent++
+        const t0 = performance.now()
+        pool.request({ method: 'GET', path: u.pathname, headers }).then(async (res) => {
+          await res.body.dump()
+          if (res.statusCode === 200) lat.push(performance.now() - t0)
+          else failed++
+        }, () => { failed++ }).finally(() => {
+          if (++done === total) {
+            clearInterval(timer)
+            resolve()
+          }
+        })
+      }
+    }, 1)
+  })
+  await pool.close()
+  lat.sort((a, b) => a - b)
+  const pct = (p: number): number => lat[Math.min(lat.length - 1, Math.floor(lat.length * p))] ?? NaN
+  return { p50: pct(0.5), p99: pct(0.99), failed }
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const rssMb = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024
+const fmt = (n: number, d = 0): string => n.toFixed(d)
+
+async function main (): Promise<void> {
+  const t0 = Date.now()
+  const issuer = await startTestIssuer()
+  const claims = { role: 'user', permissions: ['order:read'] }
+  const one = [issuer.sign({ sub: 'bench-user', ...claims }, { ttl: 3600 })]
+  const thousand = Array.from({ length: 1000 }, (_, i) => issuer.sign({ sub: `user-${i}`, ...claims }, { ttl: 3600 }))
+
+  const up = await startTarget(['upstream'])
+  const upstream = `http://127.0.0.1:${up.port}`
+  const gw = (env: Record<string, string>): Promise<{ port: number, pid: number }> => startTarget(['gateway', upstream, issuer.url], env)
+  const [bare, full, miss, noRl, noMetrics, noLogs, noAuth] = await Promise.all([
+    startTarget(['bare', upstream]),
+    gw({}),
+    gw({ BENCH_TOKEN_CACHE: '0' }),
+    gw({ BENCH_FEATURES: 'rateLimit' }),
+    gw({ BENCH_FEATURES: 'metrics' }),
+    gw({ BENCH_FEATURES: 'logs' }),
+    gw({ BENCH_FEATURES: 'auth' })
+  ])
+  const at = (p: { port: number }): string => `http://127.0.0.1:${p.port}/api/x`
+  const targets: Target[] = [
+    { name: 'direct upstream', url: `${upstream}/x`, tokens: [] },
+    { name: 'bare http-proxy', url: at(bare), tokens: [] },
+    { name: 'gateway, 1 token', url: at(full), tokens: one },
+    { name: 'gateway, 1,000 tokens', url: at(full), tokens: thousand },
+    { name: 'gateway, every request a cache miss', url: at(miss), tokens: thousand },
+    { name: 'gateway - rate limit', url: at(noRl), tokens: one },
+    { name: 'gateway - metrics', url: at(noMetrics), tokens: one },
+    { name: 'gateway - info logs', url: at(noLogs), tokens: one },
+    { name: 'gateway - verification', url: at(noAuth), tokens: one }
+  ]
+
+  console.log(`warm-up (1 s each), then ${ROUNDS} interleaved rounds of ${DURATION} s x ${targets.length} targets, ${CONNECTIONS} connections`)
+  for (const t of targets) {
+    const w = await load(t, 1)
+    if (w.non2xx > 0) throw new Error(`${t.name}: ${w.non2xx} non-2xx responses during warm-up`)
+  }
+  const samples = new Map<string, Sample[]>(targets.map((t) => [t.name, []]))
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = targets.map((_, i) => targets[(i + r) % targets.length]!)
+    for (const t of order) {
+      const s = await load(t, DURATION)
+      if (s.non2xx > 0) throw new Error(`${t.name}: ${s.non2xx} non-2xx responses`)
+      samples.get(t.name)!.push(s)
+    }
+    process.stdout.write(`  round ${r + 1}/${ROUNDS} done\n`)
+  }
+  const med = (name: string): Sample => {
+    const s = samples.get(name)!
+    return { rps: median(s.map((x) => x.rps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), non2xx: 0 }
+  }
+  const bareRps = med('bare http-proxy').rps
+  const fullRps = med('gateway, 1 token').rps
+  console.log('\ntarget                                   req/s    p50 ms  p99 ms  x bare proxy')
+  for (const t of targets) {
+    const m = med(t.name)
+    console.log(`${t.name.padEnd(38)} ${fmt(m.rps).padStart(7)}  ${fmt(m.p50).padStart(6)}  ${fmt(m.p99).padStart(6)}  ${fmt(m.rps / bareRps, 2).padStart(6)}`)
+  }
+  console.log('\nper-part cost (full gateway, 1 token; throughput gained by switching the part off):')
+  for (const [part, name] of [['rate limit', 'gateway - rate limit'], ['metrics', 'gateway - metrics'], ['info logs', 'gateway - info logs'], ['verification + authorization', 'gateway - verification']] as const) {
+    const off = med(name).rps
+    console.log(`  ${part.padEnd(30)} ${off >= fullRps ? '+' : ''}${fmt((off / fullRps - 1) * 100, 1)}%  (${fmt(off)} req/s without it)`)
+  }
+
+  const rate = Math.floor(bareRps / 2)
+  console.log(`\nfixed rate ${rate} req/s (half the bare proxy's max), ${ROUNDS} interleaved runs of ${DURATION} s:`)
+  const fixed = { bare: [] as number[], gw: [] as number[], bare50: [] as number[], gw50: [] as number[] }
+  for (let r = 0; r < ROUNDS; r++) {
+    const b = await fixedRate(targets[1]!, rate, DURATION)
+    const g = await fixedRate(targets[2]!, rate, DURATION)
+    if (b.failed + g.failed > 0) throw new Error(`fixed-rate failures: bare ${b.failed}, gateway ${g.failed}`)
+    fixed.bare.push(b.p99)
+    fixed.gw.push(g.p99)
+    fixed.bare50.push(b.p50)
+    fixed.gw50.push(g.p50)
+  }
+  const p99Delta = median(fixed.gw) - median(fixed.bare)
+  console.log(`  bare http-proxy   p50 ${fmt(median(fixed.bare50), 3)} ms  p99 ${fmt(median(fixed.bare), 3)} ms`)
+  console.log(`  gateway, 1 token  p50 ${fmt(median(fixed.gw50), 3)} ms  p99 ${fmt(median(fixed.gw), 3)} ms  (p99 +${fmt(p99Delta, 3)} ms)`)
+
+  console.log(`\nresident memory after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens (a fresh full gateway):`)
+  const fresh = await gw({})
+  const before = rssMb(fresh.pid)
+  const signStart = Date.now()
+  const many = Array.from({ length: DISTINCT_FOR_RSS }, (_, i) => issuer.sign({ sub: `rss-${i}`, ...claims }, { ttl: 3600 }))
+  console.log(`  signed in ${fmt((Date.now() - signStart) / 1000, 1)} s`)
+  const s = await load({ name: 'rss', url: at(fresh), tokens: many }, 0, DISTINCT_FOR_RSS)
+  if (s.non2xx > 0) throw new Error(`rss run: ${s.non2xx} non-2xx responses`)
+  const after = rssMb(fresh.pid)
+  console.log(`  RSS ${fmt(before)} MB at start -> ${fmt(after)} MB after (${fmt(s.rps)} req/s while every token was new)`)
+
+  const checks: Array<[string, boolean, string]> = [
+    ['full gateway >= 0.8x bare proxy (cache hits, 1 token)', fullRps / bareRps >= 0.8, `${fmt(fullRps / bareRps, 2)}x`],
+    ['full gateway >= 0.8x bare proxy (cache hits, 1,000 tokens)', med('gateway, 1,000 tokens').rps / bareRps >= 0.8, `${fmt(med('gateway, 1,000 tokens').rps / bareRps, 2)}x`],
+    ['full gateway >= 0.6x bare proxy (every request a cache miss)', med('gateway, every request a cache miss').rps / bareRps >= 0.6, `${fmt(med('gateway, every request a cache miss').rps / bareRps, 2)}x`],
+    ['p99 at half the bare max <= bare p99 + 1 ms', p99Delta <= 1, `+${fmt(p99Delta, 3)} ms`],
+    [`RSS after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens <= 150 MB`, after <= 150, `${fmt(after)} MB`]
+  ]
+  console.log('\ntargets (issue 5):')
+  for (const [what, ok, got] of checks) console.log(`  ${ok ? 'PASS' : 'FAIL'}  ${what}: ${got}`)
+  console.log(`\ntotal bench time ${fmt((Date.now() - t0) / 1000)} s`)
+  await issuer.close()
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exitCode = 1
+}).finally(() => {
+  for (const c of children) c.kill('SIGTERM')
+})
