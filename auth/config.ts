@@ -28,6 +28,8 @@ export interface AuthConfig {
   /** Fastify `trustProxy`: false, true, or the proxy addresses/CIDRs to trust. */
   trustProxy: boolean | string[]
   scrypt: ScryptParams
+  /** Redis for the login counters, shared by every auth replica; undefined = in-process counters. */
+  redisUrl: string | undefined
 }
 
 export const DEFAULT_AUTH_HOST = '127.0.0.1'
@@ -58,6 +60,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['AUTH_LOGIN_USER_MAX', String(DEFAULT_LOGIN_USER_MAX), 'login attempts per username (known or not) per AUTH_LOGIN_USER_WINDOW, then 429'],
   ['AUTH_LOGIN_USER_WINDOW', `${DEFAULT_LOGIN_USER_WINDOW / 60}m`, 'window of AUTH_LOGIN_USER_MAX'],
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
+  ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable = logins answer 503'],
   ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
   ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes'],
   ['PASSWORD_SCRYPT_P', '1', 'scrypt parallelization for new hashes']
@@ -121,6 +124,7 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
     bodyLimit,
     login,
     trustProxy: trustProxyFromEnv(env),
-    scrypt: scryptParamsFromEnv(env)
+    scrypt: scryptParamsFromEnv(env),
+    redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href
   }
 }

@@ -1,5 +1,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import rateLimit from '@fastify/rate-limit'
+import { Redis } from 'ioredis'
+import { ConfigError } from '../lib/errors.js'
 import admin from '../plugins/admin.js'
 import metrics, { type Registry } from '../plugins/metrics.js'
 import type { Db } from '../store/db.js'
@@ -51,6 +53,32 @@ export interface AuthService {
 }
 
 /**
+ * Redis for the login counters when REDIS_URL is set, so every replica counts the same attempts.
+ * Connected at boot (an unreachable Redis fails the boot); later failures refuse logins with 503
+ * rather than let guesses through uncounted.
+ */
+async function loginCounterStore (app: FastifyInstance, url: string | undefined): Promise<{ redis?: Redis, nameSpace?: string }> {
+  if (url === undefined) return {}
+  const redis = new Redis(url, {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: 1000,
+    connectTimeout: 2000,
+    lazyConnect: true,
+    retryStrategy: (times) => Math.min(times * 200, 2000)
+  })
+  redis.on('error', () => {}) // each failed command surfaces (and is logged) where it is used
+  try {
+    await redis.connect()
+  } catch (err) {
+    redis.disconnect()
+    throw new ConfigError('REDIS_URL', `Redis not reachable: ${(err as Error).message}`)
+  }
+  app.addHook('onClose', async () => { redis.disconnect() })
+  return { redis, nameSpace: 'portcullis-auth-login:' }
+}
+
+/**
  * Builds the auth service: the public app (login, refresh, logout, /oauth/token, JWKS, discovery)
  * and its admin app. Reads the key store once before returning (throws when it cannot).
  */
@@ -66,70 +94,76 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
     // No type coercion: `{"username": 123}` is a 400, not the string "123".
     ajv: { customOptions: { coerceTypes: false } }
   })
-  // Only JSON (and form bodies on /oauth/token): a text/plain body is a 400, not a string to validate.
-  app.removeContentTypeParser('text/plain')
-  await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
-  const m = createAuthMetrics(app.metricsRegistry)
-  await app.register(rateLimit, { global: false })
-  installErrorHandling(app, cfg.bodyLimit)
+  // Anything failing after this point (Redis, the key store) closes what was opened so far.
+  try {
+    // Only JSON (and form bodies on /oauth/token): a text/plain body is a 400, not a string to validate.
+    app.removeContentTypeParser('text/plain')
+    await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
+    const m = createAuthMetrics(app.metricsRegistry)
+    await app.register(rateLimit, { global: false, ...await loginCounterStore(app, cfg.redisUrl) })
+    installErrorHandling(app, cfg.bodyLimit)
 
-  const signer = new Signer({
-    keys: opts.keys,
-    pollInterval: cfg.keyPollInterval,
-    maxStaleness: cfg.keyMaxStaleness,
-    log: app.log.child({ component: 'signer' }),
-    onKeyChange: () => m.keyChanges.inc(),
-    onRefreshError: () => m.keyReadFailures.inc()
-  })
-  const ctx: AuthContext = {
-    config: cfg,
-    users: opts.users,
-    clients: opts.clients,
-    refresh: opts.refresh,
-    signer,
-    metrics: m,
-    now: opts.now ?? Date.now
-  }
-  await app.register(login, ctx)
-  await app.register(refresh, ctx)
-  await app.register(token, ctx)
-  await app.register(wellKnown, ctx)
-
-  const prune = setInterval(() => {
-    opts.refresh.prune().then((n) => {
-      if (n > 0) app.log.info({ families: n }, 'pruned expired refresh-token families')
-    }, (err: unknown) => app.log.warn({ err }, 'refresh-token prune failed'))
-  }, PRUNE_INTERVAL)
-  prune.unref()
-  app.addHook('onClose', async () => {
-    clearInterval(prune)
-    signer.stop()
-  })
-
-  await signer.start()
-
-  const adminApp = Fastify({ ...log })
-  await adminApp.register(admin, {
-    registries: [app.metricsRegistry],
-    ready: async () => {
-      await opts.db.query('SELECT 1')
-      return signer.ready ? true : 'no usable signing key (none is active, or the key store could not be read lately)'
+    const signer = new Signer({
+      keys: opts.keys,
+      pollInterval: cfg.keyPollInterval,
+      maxStaleness: cfg.keyMaxStaleness,
+      log: app.log.child({ component: 'signer' }),
+      onKeyChange: () => m.keyChanges.inc(),
+      onRefreshError: () => m.keyReadFailures.inc()
+    })
+    const ctx: AuthContext = {
+      config: cfg,
+      users: opts.users,
+      clients: opts.clients,
+      refresh: opts.refresh,
+      signer,
+      metrics: m,
+      now: opts.now ?? Date.now
     }
-  })
+    await app.register(login, ctx)
+    await app.register(refresh, ctx)
+    await app.register(token, ctx)
+    await app.register(wellKnown, ctx)
 
-  let closing: Promise<void> | undefined
-  return {
-    app,
-    admin: adminApp,
-    signer,
-    metrics: m,
-    registry: app.metricsRegistry,
-    close: () => {
-      closing ??= (async () => {
-        await adminApp.close()
-        await app.close()
-      })()
-      return closing
+    const prune = setInterval(() => {
+      opts.refresh.prune().then((n) => {
+        if (n > 0) app.log.info({ families: n }, 'pruned expired refresh-token families')
+      }, (err: unknown) => app.log.warn({ err }, 'refresh-token prune failed'))
+    }, PRUNE_INTERVAL)
+    prune.unref()
+    app.addHook('onClose', async () => {
+      clearInterval(prune)
+      signer.stop()
+    })
+
+    await signer.start()
+
+    const adminApp = Fastify({ ...log })
+    await adminApp.register(admin, {
+      registries: [app.metricsRegistry],
+      ready: async () => {
+        await opts.db.query('SELECT 1')
+        return signer.ready ? true : 'no usable signing key (none is active, or the key store could not be read lately)'
+      }
+    })
+
+    let closing: Promise<void> | undefined
+    return {
+      app,
+      admin: adminApp,
+      signer,
+      metrics: m,
+      registry: app.metricsRegistry,
+      close: () => {
+        closing ??= (async () => {
+          await adminApp.close()
+          await app.close()
+        })()
+        return closing
+      }
     }
+  } catch (err) {
+    await app.close().catch(() => {})
+    throw err
   }
 }

@@ -6,6 +6,8 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import t from 'tap'
+import { keySecretsFromList } from '../store/crypto.js'
+import { openKeyStore } from '../store/keys.js'
 import { freePort } from './helpers/ports.js'
 import { testBackends } from './helpers/backends.js'
 
@@ -93,22 +95,29 @@ for (const backend of await testBackends()) {
       const first = await login()
       const { payload } = await jwtVerify(first, jwks, { issuer, audience: 'portcullis' })
       t.same(payload.permissions, ['orders:read', 'orders:write'])
-      const cc = await fetch(`${issuer}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ grant_type: 'client_credentials', client_id: 'svc-cli', client_secret: secret! }) })
-      t.equal(cc.status, 200)
+      // Polled with client credentials: logins would soon meet the per-username limit.
+      const serviceToken = async (): Promise<string> => {
+        const res = await fetch(`${issuer}/oauth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ grant_type: 'client_credentials', client_id: 'svc-cli', client_secret: secret! }) })
+        t.equal(res.status, 200)
+        return ((await res.json()) as { access_token: string }).access_token
+      }
+      await serviceToken()
 
-      const started = Date.now()
       const rotated = await portcullis(env, ['keys', 'rotate', '--activate-now'])
       t.equal(rotated.code, 0)
       const newKid = /key (\S+) is active/.exec(rotated.stdout)?.[1]
-      let token = first
-      while (decodeProtectedHeader(token).kid !== newKid && Date.now() - started < 8000) {
+      // Measured from the activation time the other process recorded in the store, not from its start.
+      const keys = await openKeyStore(b.db, { secrets: keySecretsFromList([env.PORTCULLIS_KEY_SECRETS]) })
+      const activatedAt = (await keys.list()).find((k) => k.kid === newKid)!.activatedAt!
+      let token = await serviceToken()
+      while (decodeProtectedHeader(token).kid !== newKid && Date.now() - activatedAt < 10_000) {
         await delay(50)
-        token = await login()
+        token = await serviceToken()
       }
-      const elapsed = Date.now() - started
+      const elapsed = Date.now() - activatedAt
       t.equal(decodeProtectedHeader(token).kid, newKid, 'the auth process signs with the key the CLI process activated')
-      t.ok(elapsed < 5000, `within 5 s of activation (${elapsed} ms, including the CLI process start)`)
-      t.comment(`cross-process key change noticed after ${elapsed} ms`)
+      t.ok(elapsed < 5000, `within 5 s of activation (${elapsed} ms)`)
+      t.comment(`cross-process key change noticed ${elapsed} ms after activation`)
       const fresh = createRemoteJWKSet(new URL(`${issuer}/.well-known/jwks.json`))
       t.ok(await jwtVerify(first, fresh, { issuer, audience: 'portcullis' }), 'the old token still verifies')
       t.ok(await jwtVerify(token, fresh, { issuer, audience: 'portcullis' }))

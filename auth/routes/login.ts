@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { normalizeUsername } from '../../store/users.js'
 import { issueAccessToken, noStore, type AuthContext } from '../context.js'
-import { InvalidCredentialsError, NoSigningKeyError, RateLimitedError } from '../errors.js'
+import { InvalidCredentialsError, LimiterUnavailableError, NoSigningKeyError, RateLimitedError } from '../errors.js'
 import type { LoginFailure } from '../metrics.js'
 import { loginBody, type LoginBody } from './schemas.js'
 
@@ -9,7 +9,8 @@ import { loginBody, type LoginBody } from './schemas.js'
  * POST /auth/login. Brute force is limited twice through @fastify/rate-limit, after the body is
  * validated: per client IP and per username (known or not, so the limit reveals nothing). Every
  * attempt counts, success included: the counters are atomic increments, never read-then-write.
- * Counters live in this process (LocalStore, 5000 keys, least recently used forgotten first).
+ * Counters live in this process (LocalStore, 5000 keys, least recently used forgotten first), or in
+ * Redis when REDIS_URL is set (shared by every replica; unreachable = 503).
  */
 const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
   const { login: limits } = ctx.config
@@ -27,7 +28,14 @@ const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
   app.post<{ Body: LoginBody }>('/auth/login', {
     schema: { body: loginBody },
     preHandler: async (req, reply) => {
-      const checks: Array<[Awaited<ReturnType<typeof byIp>>, LoginFailure]> = [[await byIp(req), 'rate_limited_ip'], [await byUser(req), 'rate_limited_user']]
+      let checks: Array<[Awaited<ReturnType<typeof byIp>>, LoginFailure]>
+      try {
+        checks = [[await byIp(req), 'rate_limited_ip'], [await byUser(req), 'rate_limited_user']]
+      } catch (err) {
+        // Fail closed: without counters, guesses would go uncounted.
+        req.log.error({ err }, 'login counters unavailable')
+        throw new LimiterUnavailableError()
+      }
       for (const [r, reason] of checks) {
         if (!r.isAllowed && r.isExceeded) {
           ctx.metrics.loginFailures.inc({ reason })

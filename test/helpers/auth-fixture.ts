@@ -36,6 +36,8 @@ export interface FixtureOptions {
   scrypt?: ScryptFn
   /** Create an active key first. @defaultValue true */
   activeKey?: boolean
+  /** Key-encryption secrets, to share a store's keys with another fixture. @defaultValue a new random one */
+  secrets?: string[]
 }
 
 /** A full auth service (both apps, not listening) over a test backend, with an injected clock. */
@@ -44,7 +46,7 @@ export async function authFixture (backend: TestBackend, opts: FixtureOptions = 
   const clock = { now: Date.now() }
   const now = (): number => clock.now
   const config = authConfigFromEnv({ AUTH_KEY_POLL_INTERVAL: '100ms', ...opts.env }, DEFAULT_KEY_TIMINGS)
-  const secrets = [randomBytes(32).toString('base64url')]
+  const secrets = opts.secrets ?? [randomBytes(32).toString('base64url')]
   const keys = await openKeyStore(db, { secrets: keySecretsFromList(secrets) })
   if (opts.activeKey ?? true) await keys.rotateNow({ activateNow: true })
   const hasher = new PasswordHasher({ params: TEST_SCRYPT, ...(opts.scrypt !== undefined ? { scrypt: opts.scrypt } : {}) })
