@@ -10,7 +10,9 @@ import { CliProcess, TEST_TIMING_ENV, writeClock } from './helpers/rotation-work
 const WORKERS = 2
 const PERIODS = 50
 const R = 400_000 // ms, KEY_ROTATION_PERIOD in TEST_TIMING_ENV
-const STEP = 100_000 // four simulated clock steps per period: pre-publish, activate and prune each land on one
+// Three simulated clock steps per period, each landing on one transition: prune of the previous key
+// (+100 s), pre-publish (+300 s), activation (+400 s = the next period's start).
+const OFFSETS = [100_000, 300_000, 400_000]
 const T0 = 1_800_000_000_000
 
 for (const b of await testBackends()) {
@@ -48,12 +50,12 @@ for (const b of await testBackends()) {
         const n = await countActive()
         observations++
         if (n !== 1) bad.push(`${n} active keys`)
-        await delay(3) // a sampling interval, not a wait for a condition
+        await delay(5) // a sampling interval, not a wait for a condition
       }
     })()
 
-    for (let i = 1; i <= PERIODS * (R / STEP); i++) {
-      const now = T0 + i * STEP
+    const steps = Array.from({ length: PERIODS }, (_, k) => OFFSETS.map((o) => T0 + k * R + o)).flat()
+    for (const [i, now] of steps.entries()) {
       const marks = workers.map((w) => w.lines.length)
       writeClock(clock, now)
       await Promise.all(workers.map((w, j) => w.waitFor((l) => l.event === 'tick' && l.now! >= now, `a tick at ${now}`, marks[j])))
@@ -65,7 +67,7 @@ for (const b of await testBackends()) {
     await observer
 
     t.same(bad, [], 'exactly one active key at every observation')
-    t.ok(observations > PERIODS * 4, `${observations} observations`)
+    t.ok(observations > steps.length, `${observations} observations`)
 
     // Exactly one rotation per period, from the state-change log written in the same transactions.
     const events = await obs.query<{ at: number, kid: string, event: string, detail: string | null }>(`SELECT at, kid, event, detail FROM ${KEY_EVENTS_TABLE} ORDER BY at`)
