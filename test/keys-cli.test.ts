@@ -30,7 +30,9 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   t.equal(first.code, 0, first.stderr)
   const kid = /key (\S+) is active/.exec(first.stdout)?.[1]
   t.ok(kid !== undefined, 'printed the new active kid')
-  const [list, jwks, help] = await Promise.all([cli(['keys', 'list']), cli(['keys', 'jwks']), cli(['rotation', '--help'])])
+  const [list, jwks, help, once] = await Promise.all([cli(['keys', 'list']), cli(['keys', 'jwks']), cli(['rotation', '--help']), cli(['rotation', '--once'], { LOG_LEVEL: 'info' })])
+  t.equal(once.code, 0, `rotation --once succeeds: ${once.stderr}`)
+  t.match(once.stdout, /"event":"done","result":"unchanged"/, 'rotation --once ran one tick: nothing due')
   t.match(list.stdout, new RegExp(`^kid +state +created +activated/activates +retired +prunes at\\n${kid} +active `))
   const set = JSON.parse(jwks.stdout) as { keys: Array<Record<string, string>> }
   t.same(set.keys.map((k) => Object.keys(k).sort()), [['alg', 'e', 'kid', 'kty', 'n', 'use']])

@@ -3,7 +3,7 @@ import pino from 'pino'
 import t from 'tap'
 import type { promClient } from '../plugins/metrics.js'
 import { rotationMetrics } from '../rotation/metrics.js'
-import { RotationWorker } from '../rotation/worker.js'
+import { RotationWorker, scheduleTrigger } from '../rotation/worker.js'
 import { rotationConfigFromEnv, DEFAULT_ROTATION_SCHEDULE } from '../rotation/config.js'
 import { keySecretsFromList } from '../store/crypto.js'
 import { validateKeyTimings } from '../store/key-timings.js'
@@ -86,4 +86,13 @@ t.test('worker ticks: metrics, one log line per state change, stop before the tr
   t.same(await be.db.query(`SELECT * FROM ${KEYS_TABLE} ORDER BY kid`), before, 'aborted tick left no trace')
   worker.requestTick()
   t.equal(worker.stopping, true, 'a stopped worker ignores the schedule')
+})
+
+t.test('the production trigger is a croner schedule', async (t) => {
+  // Real time: a once-a-second pattern fires within a second; the test waits for the event.
+  let fired = 0
+  await new Promise<void>((resolve) => {
+    const trigger = scheduleTrigger('* * * * * *', () => { fired++; trigger.stop(); resolve() })
+  })
+  t.equal(fired, 1)
 })
