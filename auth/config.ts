@@ -49,7 +49,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['AUTH_HOST', DEFAULT_AUTH_HOST, 'public listener address'],
   ['AUTH_PORT', String(DEFAULT_AUTH_PORT), 'public listener port (login, refresh, logout, /oauth/token, JWKS, discovery)'],
   ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST'],
-  ['AUTH_ISSUER', DEFAULT_AUTH_ISSUER, '`iss` claim and base URL of jwks_uri / token_endpoint in discovery'],
+  ['AUTH_ISSUER', 'http://AUTH_HOST:AUTH_PORT', '`iss` claim and base URL of jwks_uri / token_endpoint in discovery (http://127.0.0.1:3000 with the defaults)'],
   ['AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE, 'default `aud` claim (a client can have its own)'],
   ['AUTH_KEY_POLL_INTERVAL', `${DEFAULT_KEY_POLL_INTERVAL}s`, 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
   ['REFRESH_IDLE_TTL', '7d', 'a refresh token unused for this long is refused'],
@@ -76,6 +76,13 @@ function trustProxyFromEnv (env: Env): boolean | string[] {
   return list
 }
 
+/** `http://AUTH_HOST:AUTH_PORT` (a wildcard address becomes 127.0.0.1): http://127.0.0.1:3000 by default. */
+function defaultIssuer (host: string, port: number): string {
+  if (port === 0) return DEFAULT_AUTH_ISSUER
+  const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`
+}
+
 /**
  * Reads and checks the auth settings; throws ConfigError naming the variable. `timings` come from
  * `keyTimingsFromEnv` (ACCESS_TOKEN_TTL, CLOCK_SKEW, KEY_PREPUBLISH, VERIFIER_CACHE_MAX, SIGNER_PROPAGATION).
@@ -86,7 +93,7 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
   const adminPort = envInt(env, 'AUTH_ADMIN_PORT', DEFAULT_AUTH_ADMIN_PORT, { min: 0, max: 65535 })
   if (port !== 0 && port === adminPort) throw new ConfigError('AUTH_ADMIN_PORT', `must differ from AUTH_PORT (${port})`)
   const issuerUrl = envUrl(env, 'AUTH_ISSUER', ['http:', 'https:'])
-  const issuer = (issuerUrl?.toString() ?? DEFAULT_AUTH_ISSUER).replace(/\/+$/, '')
+  const issuer = (issuerUrl?.toString() ?? defaultIssuer(host, port)).replace(/\/+$/, '')
   if (issuerUrl !== undefined && (issuerUrl.search !== '' || issuerUrl.hash !== '')) {
     throw new ConfigError('AUTH_ISSUER', 'must not have a query or fragment')
   }

@@ -16,7 +16,6 @@ export const InvalidScopeError = createError<[string]>('PORTCULLIS_AUTH_INVALID_
 export const RateLimitedError = createError('PORTCULLIS_AUTH_RATE_LIMITED', 'too many attempts, retry later', 429)
 export const NoSigningKeyError = createError('PORTCULLIS_AUTH_NO_SIGNING_KEY', 'no signing key is available, retry later', 503)
 export const LimiterUnavailableError = createError('PORTCULLIS_AUTH_LIMITER_UNAVAILABLE', 'login is unavailable, retry later', 503)
-export const NotFoundError = createError('PORTCULLIS_AUTH_NOT_FOUND', 'no such endpoint', 404)
 
 /** Error code -> the `error` member of the response body. */
 export const OAUTH_ERROR: Record<string, string> = {
@@ -29,6 +28,5 @@ export const OAUTH_ERROR: Record<string, string> = {
   PORTCULLIS_AUTH_INVALID_SCOPE: 'invalid_scope',
   PORTCULLIS_AUTH_RATE_LIMITED: 'rate_limited',
   PORTCULLIS_AUTH_NO_SIGNING_KEY: 'temporarily_unavailable',
-  PORTCULLIS_AUTH_LIMITER_UNAVAILABLE: 'temporarily_unavailable',
-  PORTCULLIS_AUTH_NOT_FOUND: 'not_found'
+  PORTCULLIS_AUTH_LIMITER_UNAVAILABLE: 'temporarily_unavailable'
 }

@@ -96,4 +96,6 @@ t.test('config: boot refuses bad settings with a message naming the variable', a
   const ok = authConfigFromEnv({ AUTH_TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }, DEFAULT_KEY_TIMINGS)
   t.same(ok.trustProxy, ['10.0.0.0/8', '127.0.0.1'])
   t.equal(ok.jwksMaxAge, 300)
+  t.equal(ok.issuer, 'http://127.0.0.1:3000')
+  t.equal(authConfigFromEnv({ AUTH_HOST: '0.0.0.0', AUTH_PORT: '4000' }, DEFAULT_KEY_TIMINGS).issuer, 'http://127.0.0.1:4000', 'issuer follows the port')
 })
