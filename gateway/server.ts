@@ -141,7 +141,7 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   })
 
   if (features.metrics) {
-    await app.register(metrics)
+    await app.register(metrics, { routeSummary: false }) // histograms only: quantiles via histogram_quantile
   } else {
     app.decorate('metricsRegistry', new promClient.Registry())
   }

@@ -17,6 +17,11 @@ export interface MetricsPluginOptions {
   registry?: Registry
   /** Collect process metrics (CPU, memory, event loop lag). @defaultValue true */
   defaultMetrics?: boolean
+  /**
+   * Also record the per-route summary (quantiles computed in-process). The histogram alone gives
+   * quantiles through `histogram_quantile`; the summary costs a few % of a proxied request. @defaultValue true
+   */
+  routeSummary?: boolean
 }
 
 declare module 'fastify' {
@@ -39,7 +44,7 @@ const metrics: FastifyPluginAsync<MetricsPluginOptions> = async (app, opts) => {
     promClient: promClient as never,
     defaultMetrics: { enabled: opts.defaultMetrics ?? true, register: registry as never },
     routeMetrics: {
-      enabled: true,
+      enabled: { histogram: true, summary: opts.routeSummary ?? true },
       registeredRoutesOnly: true,
       overrides: {
         histogram: { registers: [registry as never] },
