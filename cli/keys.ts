@@ -42,7 +42,8 @@ async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof ke
   const timings = keyTimingsFromEnv(env)
   const keySize = Number(envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))) as KeySize
   // Human output goes to stdout; log lines (state changes, warnings) to stderr.
-  const log = pino(loggerOptions('keys', env.LOG_LEVEL ?? 'warn'), pino.destination(2))
+  const level = envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn')
+  const log = pino(loggerOptions('keys', level), pino.destination(2))
   const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
   const db = openDb(dbOpts)
   try {
