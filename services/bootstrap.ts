@@ -66,6 +66,9 @@ export async function buildService (config: ServiceConfig, opts: BuildOptions = 
     const status = err.statusCode !== undefined && err.statusCode >= 400 ? err.statusCode : 500
     const ours = err.code?.startsWith('PORTCULLIS_') === true || err.code?.startsWith('FST_ERR_') === true
     if (status >= 500) req.log.error({ err }, 'request failed')
+    // Errors may carry their own headers (jwks-auth's 401 brings `WWW-Authenticate`): keep them.
+    const headers = (err as FastifyError & { headers?: Record<string, string> }).headers
+    if (headers !== undefined) reply.headers(headers)
     if (status === 403 && !reply.hasHeader('www-authenticate')) {
       reply.header('www-authenticate', 'Bearer error="insufficient_scope"')
     }

@@ -79,7 +79,9 @@ t.test('three services: an order checks the user and products with the caller\'s
   t.match(forbidden.headers['www-authenticate'], /insufficient_scope/)
   t.equal((await call(order.app, 'POST', '/orders', alice, { items: [{ productId: 'p-404', quantity: 1 }] })).statusCode, 422, 'unknown product')
   t.equal((await call(order.app, 'POST', '/orders', alice, { items: [] })).statusCode, 400, 'empty order')
-  t.equal((await call(order.app, 'GET', '/orders')).statusCode, 401, 'no token')
+  const anonymous = await call(order.app, 'GET', '/orders')
+  t.equal(anonymous.statusCode, 401, 'no token')
+  t.match(anonymous.headers['www-authenticate'], /^Bearer/, 'a 401 says how to authenticate')
   const tampered = alice.slice(0, alice.lastIndexOf('.') + 5) + (alice[alice.lastIndexOf('.') + 5] === 'A' ? 'B' : 'A') + alice.slice(alice.lastIndexOf('.') + 6)
   t.equal((await call(order.app, 'GET', '/orders', tampered)).statusCode, 401, 'tampered signature')
 
