@@ -94,10 +94,9 @@ const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
   }
   await app.register(authorize)
 
-  async function verify (token: string): Promise<{ user: VerifiedUser, cache: 'hit' | 'miss' }> {
-    const hit = tokens.cached(token)
-    if (hit !== undefined) return { user: hit, cache: 'hit' }
-    return { user: await tokens.verifyUncached(token), cache: 'miss' }
+  // Synchronous for cache hits and known kids; a promise only when a kid-miss fetch is needed.
+  function verify (token: string): VerifiedUser | Promise<VerifiedUser> {
+    return tokens.cached(token) ?? tokens.verifyUncached(token)
   }
 
   async function authenticate (request: FastifyRequest): Promise<void> {
@@ -107,7 +106,12 @@ const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
     const base = () => ({ route: request.routeOptions.url, method: request.method, ip: request.ip, durationMs: Math.round((performance.now() - start) * 1000) / 1000 })
     try {
       const token = bearerToken(request)
-      const { user, cache } = await verify(token)
+      let cache: 'hit' | 'miss' = 'hit'
+      let user = tokens.cached(token)
+      if (user === undefined) {
+        cache = 'miss'
+        user = await tokens.verifyUncached(token)
+      }
       metrics.verifyDuration.observe({ cache }, (performance.now() - start) / 1000)
       request.user = user
       r[AUTHENTICATED] = true
@@ -128,7 +132,7 @@ const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
   app.decorate('jwksAuth', {
     isReady: () => [...issuers.values()].every((i) => i.loaded),
     refresh: async () => { await Promise.all([...issuers.values()].map((i) => i.refresh())) },
-    verify: async (token: string) => (await verify(token)).user
+    verify: async (token: string) => verify(token)
   } satisfies JwksAuthDecorator)
 
   if (options.global) {

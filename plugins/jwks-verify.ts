@@ -1,5 +1,4 @@
 import { constants, verify as cryptoVerify } from 'node:crypto'
-import { createDecoder } from 'fast-jwt'
 import type { AuthMetrics } from './auth-metrics.js'
 import { AuthFailure } from './auth-errors.js'
 import type { RsaAlgorithm, ResolvedOptions } from './auth-options.js'
@@ -24,6 +23,8 @@ export interface VerifiedUser {
 }
 
 interface CachedVerification {
+  /** The whole token: a hit needs the full string to match, not just the cache key. */
+  token: string
   user: VerifiedUser
   validFrom: number
   validUntil: number
@@ -40,12 +41,62 @@ interface DecodedToken {
 }
 
 const MAX_KID_LENGTH = 256
+const SCRATCH = Buffer.allocUnsafe(16 * 1024)
 const HASHES: Record<RsaAlgorithm, string> = {
   RS256: 'sha256', RS384: 'sha384', RS512: 'sha512', PS256: 'sha256', PS384: 'sha384', PS512: 'sha512'
 }
 
-// fast-jwt's decoder: strict base64url per segment, header and payload must be JSON objects.
-const decode = createDecoder({ complete: true }) as (token: string) => DecodedToken
+// Three base64url segments (the signature may be empty); no padding, whitespace or other characters,
+// which Buffer.from would silently skip. One pass over the whole token.
+const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+
+function jsonObject (segment: string): Record<string, unknown> {
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'))
+  } catch {
+    throw new AuthFailure('malformed', 'segment is not base64url JSON')
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new AuthFailure('malformed', 'segment is not a JSON object')
+  return value as Record<string, unknown>
+}
+
+// Every token of one key carries the same header segment: keep a few parsed (frozen) headers so the
+// common case skips a base64 decode and a JSON.parse. Bounded; arbitrary headers just miss.
+const HEADER_CACHE_MAX = 64
+const headerCache = new Map<string, Record<string, unknown>>()
+
+function parseHeader (segment: string): Record<string, unknown> {
+  const hit = headerCache.get(segment)
+  if (hit !== undefined) return hit
+  const header = Object.freeze(jsonObject(segment))
+  if (headerCache.size >= HEADER_CACHE_MAX) headerCache.delete(headerCache.keys().next().value as string)
+  headerCache.set(segment, header)
+  return header
+}
+
+/** JWS compact serialization, strictly: header and payload must be JSON objects. */
+export function decodeJws (token: string): DecodedToken {
+  if (!JWS_COMPACT.test(token)) throw new AuthFailure('malformed', 'not three base64url segments')
+  const a = token.indexOf('.')
+  const b = token.indexOf('.', a + 1)
+  return {
+    header: parseHeader(token.slice(0, a)),
+    payload: jsonObject(token.slice(a + 1, b)),
+    signature: token.slice(b + 1),
+    input: token.slice(0, b)
+  }
+}
+
+/**
+ * Hashing a whole token for a Map look-up costs about a microsecond (V8 hashes every character of
+ * each new header string); the last 48 characters of an RSA signature are 36 random bytes and key the
+ * cache as well. A token that merely shares them (a forgery reusing a signature tail) fails the
+ * full-string comparison and is verified normally.
+ */
+function cacheKey (token: string): string {
+  return token.length > 48 ? token.slice(-48) : token
+}
 
 function isFiniteNumber (v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v)
@@ -55,12 +106,23 @@ function isStringArray (v: unknown): v is string[] {
   return Array.isArray(v) && v.every((x) => typeof x === 'string')
 }
 
-function deepFreeze<T> (value: T): T {
-  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value)
-    for (const v of Object.values(value)) deepFreeze(v)
+/** Freezes the user for sharing through the cache; recursion only into nested claim objects. */
+function freezeUser (user: VerifiedUser): VerifiedUser {
+  Object.freeze(user.permissions)
+  Object.freeze(user.scope)
+  if (Array.isArray(user.aud)) Object.freeze(user.aud)
+  for (const k in user.claims) {
+    const v = user.claims[k]
+    if (v !== null && typeof v === 'object') deepFreeze(v)
   }
-  return value
+  Object.freeze(user.claims)
+  return Object.freeze(user)
+}
+
+function deepFreeze (value: object): void {
+  if (Object.isFrozen(value)) return
+  Object.freeze(value)
+  for (const v of Object.values(value)) if (v !== null && typeof v === 'object') deepFreeze(v as object)
 }
 
 /**
@@ -72,6 +134,7 @@ export class TokenVerifier {
   #options: ResolvedOptions
   #issuers: Map<string, IssuerKeys>
   #metrics: AuthMetrics
+  /** Keyed by the signature's last characters (see cacheKey); the entry holds the whole token. */
   #cache = new Map<string, CachedVerification>()
 
   constructor (options: ResolvedOptions, issuers: Map<string, IssuerKeys>, metrics: AuthMetrics) {
@@ -87,33 +150,32 @@ export class TokenVerifier {
   /** Drops cached verifications made with keys that left an issuer's JWKS. */
   flush (issuer: string, kids: string[]): void {
     const gone = new Set(kids)
-    for (const [token, c] of this.#cache) {
-      if (c.issuer.config.issuer === issuer && gone.has(c.kid)) this.#cache.delete(token)
+    for (const [k, c] of this.#cache) {
+      if (c.issuer.config.issuer === issuer && gone.has(c.kid)) this.#cache.delete(k)
     }
   }
 
   /** The cached user for a token, when still valid now; undefined otherwise. */
   cached (token: string): VerifiedUser | undefined {
-    const c = this.#cache.get(token)
-    if (c === undefined) return undefined
+    const k = cacheKey(token)
+    const c = this.#cache.get(k)
+    if (c === undefined || c.token !== token) return undefined
     const now = this.#options.now()
     const fresh = c.issuer.freshness(now)
     if (now < c.validFrom || now > c.validUntil || c.issuer.keys.get(c.kid) !== c.entry || fresh === 'unavailable') {
-      this.#cache.delete(token)
+      this.#cache.delete(k)
       return undefined
     }
     if (fresh === 'stale') this.#metrics.staleServed.inc({ issuer: c.issuer.config.issuer })
     return c.user
   }
 
-  /** Full verification (no cache read); throws AuthFailure with the reason. */
-  async verifyUncached (token: string): Promise<VerifiedUser> {
-    let t: DecodedToken
-    try {
-      t = decode(token)
-    } catch {
-      throw new AuthFailure('malformed')
-    }
+  /**
+   * Full verification (no cache read); throws (or rejects with) AuthFailure. Synchronous unless the
+   * kid is unknown and a fetch is needed: no promise on the common path.
+   */
+  verifyUncached (token: string): VerifiedUser | Promise<VerifiedUser> {
+    const t = decodeJws(token)
     const { header, payload } = t
     const alg = header.alg
     if (typeof alg !== 'string') throw new AuthFailure('malformed', 'header alg is not a string')
@@ -126,28 +188,41 @@ export class TokenVerifier {
     const kid = header.kid
     if (typeof kid !== 'string' || kid === '' || kid.length > MAX_KID_LENGTH) throw new AuthFailure('malformed', 'kid')
 
-    let entry = issuer.keys.get(kid)
-    if (entry === undefined) {
-      const outcome = await issuer.resolveMissing(kid)
-      entry = issuer.keys.get(kid)
-      if (entry === undefined) throw new AuthFailure(outcome === 'unavailable' ? 'jwks_unavailable' : 'unknown_kid')
-    }
+    const entry = issuer.keys.get(kid)
+    if (entry === undefined) return this.#afterKidMiss(token, t, issuer, kid)
+    return this.#verifyWithKey(token, t, issuer, kid, entry)
+  }
+
+  async #afterKidMiss (token: string, t: DecodedToken, issuer: IssuerKeys, kid: string): Promise<VerifiedUser> {
+    const outcome = await issuer.resolveMissing(kid)
+    const entry = issuer.keys.get(kid)
+    if (entry === undefined) throw new AuthFailure(outcome === 'unavailable' ? 'jwks_unavailable' : 'unknown_kid')
+    return this.#verifyWithKey(token, t, issuer, kid, entry)
+  }
+
+  #verifyWithKey (token: string, t: DecodedToken, issuer: IssuerKeys, kid: string, entry: KeyEntry): VerifiedUser {
+    const alg = t.header.alg as RsaAlgorithm
     const now = this.#options.now()
     const fresh = issuer.freshness(now)
     if (fresh === 'unavailable') throw new AuthFailure('jwks_unavailable')
     if (entry.alg !== undefined && entry.alg !== alg) throw new AuthFailure('alg_not_allowed', `key is ${entry.alg}`)
 
-    const sig = Buffer.from(t.signature, 'base64url')
-    if (sig.length !== entry.sigBytes) throw new AuthFailure('bad_signature', 'signature length')
-    const pss = alg.startsWith('PS')
-    const ok = cryptoVerify(HASHES[alg as RsaAlgorithm], Buffer.from(t.input), pss
+    // Signing input and signature bytes go into one reused buffer (crypto.verify is synchronous, so
+    // nothing else can use it meanwhile): no allocation per verification. The input is base64url
+    // (checked by decodeJws), so latin1 writes it byte for byte.
+    const room = t.input.length + Math.ceil(t.signature.length * 3 / 4)
+    const buf = room <= SCRATCH.length ? SCRATCH : Buffer.allocUnsafe(room)
+    const n = buf.write(t.input, 0, 'latin1')
+    const m = buf.write(t.signature, n, 'base64url')
+    if (m !== entry.sigBytes) throw new AuthFailure('bad_signature', 'signature length')
+    const ok = cryptoVerify(HASHES[alg], buf.subarray(0, n), alg.startsWith('PS')
       ? { key: entry.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }
-      : entry.key, sig)
+      : entry.key, buf.subarray(n, n + m))
     if (!ok) throw new AuthFailure('bad_signature')
 
-    const user = this.#checkClaims(payload, issuer, now)
+    const user = this.#checkClaims(t.payload, issuer, now)
     if (fresh === 'stale') this.#metrics.staleServed.inc({ issuer: issuer.config.issuer })
-    this.#remember(token, user, payload, issuer, kid, entry)
+    this.#remember(token, user, t.payload, issuer, kid, entry)
     return user
   }
 
@@ -186,7 +261,7 @@ export class TokenVerifier {
     if (role !== undefined) user.role = role
     if (iat !== undefined) user.iat = iat as number
     if (jti !== undefined) user.jti = jti
-    return deepFreeze(user)
+    return freezeUser(user)
   }
 
   #remember (token: string, user: VerifiedUser, payload: Record<string, unknown>, issuer: IssuerKeys, kid: string, entry: KeyEntry): void {
@@ -201,6 +276,6 @@ export class TokenVerifier {
       const oldest = this.#cache.keys().next()
       if (oldest.done !== true) this.#cache.delete(oldest.value)
     }
-    this.#cache.set(token, { user, validFrom, validUntil: user.exp * 1000 + tol, issuer, kid, entry })
+    this.#cache.set(cacheKey(token), { token, user, validFrom, validUntil: user.exp * 1000 + tol, issuer, kid, entry })
   }
 }
