@@ -63,7 +63,8 @@ t.test('hostile token table', async (t) => {
   add('stripped signature', `${gh}.${gp}.`, 'bad_signature')
   add('truncated signature', `${gh}.${gp}.${gs.slice(0, -12)}`, 'bad_signature')
   add('zeroed signature', `${gh}.${gp}.${'A'.repeat(gs.length)}`, 'bad_signature')
-  add('signature of another token', `${gh}.${b64url(JSON.stringify(claims({ sub: 'root' })))}.${gs}`, 'bad_signature')
+  add('signature of another (cached) token', `${gh}.${b64url(JSON.stringify(claims({ sub: 'root' })))}.${gs}`, 'bad_signature')
+  add('another header with a cached token\'s signature', `${b64url(JSON.stringify(hdr({ typ: 'at+jwt' })))}.${gp}.${gs}`, 'bad_signature')
   add('same kid signed by another key', signJwt(hdr(), claims(), attackerKey.privateKey), 'bad_signature')
   add('a 1024-bit key published in the JWKS', signJwt(hdr({ kid: weak.kid }), claims(), weak.privateKey), 'unknown_kid')
   add('embedded jwk header (attacker key)', signJwt(hdr({ kid: attackerKey.kid, jwk: attackerJwk }), claims(), attackerKey.privateKey), 'unknown_kid')
@@ -132,6 +133,8 @@ t.test('hostile token table', async (t) => {
   ]
 
   t.ok(cases.length + headerCases.length >= 80, `${cases.length + headerCases.length} cases`)
+  // The good token is verified (and cached) first: tokens reusing its signature must not hit that entry.
+  t.equal((await app.inject({ url: '/me', headers: { authorization: `Bearer ${good}` } })).statusCode, 200)
   for (const [name, authorization, reason] of [...cases.map(([n, tok, r]) => [n, `Bearer ${tok}`, r] as const), ...headerCases]) {
     const before = lines.length
     const res = await app.inject({ url: '/me', headers: { authorization } })
