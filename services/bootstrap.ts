@@ -23,7 +23,7 @@ export interface BuildOptions {
  */
 export async function buildService (config: ServiceConfig, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: opts.logger ?? loggerOptions(`${config.kind}-service`),
+    logger: opts.logger ?? loggerOptions(`${config.kind}-service`, config.logLevel),
     // The gateway's request id becomes this service's request id: one id across every log.
     requestIdHeader: REQUEST_ID_HEADER,
     genReqId: () => randomUUID(),

@@ -1,4 +1,4 @@
-import { envDuration, envInt, envString, envUrl, type Env } from '../lib/env.js'
+import { envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
 import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
 
@@ -33,6 +33,7 @@ export interface ServiceConfig {
   catalogRefresh: number
   /** jwks-auth timings (JWKS_REFRESH_INTERVAL, JWKS_CACHE_TTL, JWKS_KID_MISS_COOLDOWN). */
   jwks: ReturnType<typeof jwksTimingsFromEnv>
+  logLevel: string
 }
 
 function url (env: Env, name: string, def: string): string {
@@ -64,7 +65,8 @@ export function serviceConfigFromEnv (kind: ServiceKind, env: Env): ServiceConfi
     userServiceUrl: url(env, 'USER_SERVICE_URL', local('user')),
     productServiceUrl: url(env, 'PRODUCT_SERVICE_URL', local('product')),
     catalogRefresh: envDuration(env, 'ORDER_CATALOG_REFRESH', DEFAULT_CATALOG_REFRESH_S),
-    jwks: jwksTimingsFromEnv(env)
+    jwks: jwksTimingsFromEnv(env),
+    logLevel: envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info')
   }
 }
 
