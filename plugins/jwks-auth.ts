@@ -93,6 +93,8 @@ const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
     await app.register(fastifyJwt, jwtVerifyOptions(options, issuers))
   }
   await app.register(authorize)
+  // Declared up front so every request object keeps one shape.
+  app.decorateRequest(AUTHENTICATED, false)
 
   // Synchronous for cache hits and known kids; a promise only when a kid-miss fetch is needed.
   function verify (token: string): VerifiedUser | Promise<VerifiedUser> {
