@@ -5,20 +5,21 @@ import { headerOf, stackPorts, startStack, tempDataDir } from './helpers/stack.j
 
 /**
  * Short timings that still obey the DESIGN rules (the rotation worker refuses any that do not):
- * T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=1s (auth re-reads
- * the active key every 0.25s); pre-publish 6s >= C+S+P = 4s (2s spare for a busy machine); retire
- * window 16s >= P+T+S+C = 14s; a new key every 7s, the worker ticking every second.
+ * T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=3s (auth re-reads
+ * the active key every 0.5s and refuses to sign with a view older than P); pre-publish 8s >= C+S+P =
+ * 6s; retire window 18s >= P+T+S+C = 16s; a new key every 9s, the worker ticking every second. The
+ * spare seconds are for a 2-core machine running other test files at the same time.
  */
 const SHORT_TIMINGS = {
   ACCESS_TOKEN_TTL: '10s',
   CLOCK_SKEW: '1s',
   VERIFIER_CACHE_MAX: '2s',
-  SIGNER_PROPAGATION: '1s',
-  KEY_PREPUBLISH: '6s',
-  KEY_RETIRE_WINDOW: '16s',
-  KEY_ROTATION_PERIOD: '7s',
+  SIGNER_PROPAGATION: '3s',
+  KEY_PREPUBLISH: '8s',
+  KEY_RETIRE_WINDOW: '18s',
+  KEY_ROTATION_PERIOD: '9s',
   ROTATION_SCHEDULE: '* * * * * *',
-  AUTH_KEY_POLL_INTERVAL: '250ms',
+  AUTH_KEY_POLL_INTERVAL: '500ms',
   JWKS_REFRESH_INTERVAL: '500ms',
   JWKS_CACHE_TTL: '2s',
   STACK_RATE_LIMIT_MAX: '1000000',
