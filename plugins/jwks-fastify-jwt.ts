@@ -1,6 +1,6 @@
 import type { FastifyJWTOptions } from '@fastify/jwt'
 import type { ResolvedOptions } from './auth-options.js'
-import { AuthFailure } from './auth-errors.js'
+import { AuthFailure, httpErrorFor } from './auth-errors.js'
 import { pemOf } from './jwks-keys.js'
 import type { IssuerKeys } from './jwks-refresher.js'
 import type { VerifiedUser } from './jwks-verify.js'
@@ -19,21 +19,29 @@ function strings (v: unknown): string[] {
 export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string, IssuerKeys>): FastifyJWTOptions {
   const algorithms = [...new Set(options.issuers.flatMap((i) => i.algorithms))]
   const audiences = [...new Set(options.issuers.flatMap((i) => i.audiences))]
+  async function keyFor ({ header, payload }: Decoded): Promise<string> {
+    const issuer = typeof payload.iss === 'string' ? issuers.get(payload.iss) : undefined
+    if (issuer === undefined) throw new AuthFailure('bad_issuer')
+    if (typeof header.alg !== 'string' || !(issuer.config.algorithms as string[]).includes(header.alg)) throw new AuthFailure('alg_not_allowed')
+    const kid = header.kid
+    if (typeof kid !== 'string' || kid === '' || kid.length > 256) throw new AuthFailure('malformed')
+    if (!issuer.keys.has(kid)) await issuer.resolveMissing(kid)
+    const entry = issuer.keys.get(kid)
+    if (entry === undefined) throw new AuthFailure('unknown_kid')
+    if (issuer.freshness(options.now()) === 'unavailable') throw new AuthFailure('jwks_unavailable')
+    if (entry.alg !== undefined && entry.alg !== header.alg) throw new AuthFailure('alg_not_allowed')
+    return pemOf(entry)
+  }
+
   return {
     secret: {
       public: async (_request: unknown, token: unknown) => {
-        const { header, payload } = token as Decoded
-        const issuer = typeof payload.iss === 'string' ? issuers.get(payload.iss) : undefined
-        if (issuer === undefined) throw new AuthFailure('bad_issuer')
-        if (typeof header.alg !== 'string' || !(issuer.config.algorithms as string[]).includes(header.alg)) throw new AuthFailure('alg_not_allowed')
-        const kid = header.kid
-        if (typeof kid !== 'string' || kid === '' || kid.length > 256) throw new AuthFailure('malformed')
-        if (!issuer.keys.has(kid)) await issuer.resolveMissing(kid)
-        const entry = issuer.keys.get(kid)
-        if (entry === undefined) throw new AuthFailure('unknown_kid')
-        if (issuer.freshness(options.now()) === 'unavailable') throw new AuthFailure('jwks_unavailable')
-        if (entry.alg !== undefined && entry.alg !== header.alg) throw new AuthFailure('alg_not_allowed')
-        return pemOf(entry)
+        try {
+          return await keyFor(token as Decoded)
+        } catch (err) {
+          // A rejected key look-up must reach the client as a 401, not as a 500.
+          throw httpErrorFor(err instanceof AuthFailure ? err.reason : 'malformed')
+        }
       }
     },
     decode: { complete: true },

@@ -4,7 +4,7 @@ import { request as httpRequest } from 'node:http'
 import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
 import metrics from '../plugins/metrics.js'
 import { resolveOptions } from '../plugins/auth-options.js'
-import { rsaKey, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+import { rsaKey, signJwt, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 async function buildApp (issuer: TestIssuer, opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {
   const app = Fastify()
@@ -123,8 +123,19 @@ t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', a
   const other = rsaKey({ label: 'other' })
   const forged = issuer.sign({}, { key: other, kid: issuer.published[0]!.kid })
   t.equal((await app.inject({ url: '/v', headers: { authorization: `Bearer ${forged}` } })).statusCode, 401)
-  const wrongAud = issuer.sign({ aud: 'elsewhere' })
-  t.equal((await app.inject({ url: '/v', headers: { authorization: `Bearer ${wrongAud}` } })).statusCode, 401)
+  const hostile = [
+    issuer.sign({ aud: 'elsewhere' }),
+    issuer.sign({ iss: 'http://attacker.example' }),
+    signJwt({ alg: 'none', kid: issuer.published[0]!.kid }, { iss: issuer.url, aud: 'portcullis', sub: 'x', exp: 2e9 }, null),
+    signJwt({ alg: 'HS256', kid: issuer.published[0]!.kid }, { iss: issuer.url, aud: 'portcullis', sub: 'x', exp: 2e9 },
+      issuer.published[0]!.publicKey.export({ type: 'spki', format: 'pem' }), 'HS256'),
+    issuer.sign({}, { kid: 'no-such-kid' }),
+    issuer.sign({}, { alg: 'PS256' })
+  ]
+  for (const token of hostile) {
+    const res = await app.inject({ url: '/v', headers: { authorization: `Bearer ${token}` } })
+    t.equal(res.statusCode, 401, 'jwtVerify refuses it with a 401')
+  }
 })
 
 t.test('options are validated at registration with messages naming the option', async (t) => {
