@@ -111,7 +111,9 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
         cb(err as Error)
       }
     },
-    child: (routeOptions) => wrap(inner.child(routeOptions))
+    // every limiter's keys already start with its label: one store (one LRU, one Redis key space
+    // `portcullis-rl:<label>|<identity>`) serves them all
+    child: () => wrap(inner)
   })
   const root = redis === undefined
     ? new LocalStore(false, false, DEFAULT_LOCAL_CACHE)

@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap'
-import { buildGateway, type Gateway } from '../gateway/server.js'
+import { Writable } from 'node:stream'
+import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 
@@ -42,6 +43,8 @@ t.test('routes by prefix, rewrites to the upstream path, 404s everything else wi
   const m = await gw.admin.inject({ url: '/metrics' })
   t.match(m.body, /http_request_duration_seconds_count\{method="GET",route="\/a\/\*",status_code="200"\} 1/)
   t.notMatch(m.body, /items\/1/, 'raw URLs are never labels')
+  t.equal((await rawRequest(base, '/metrics')).status, 404, 'no /metrics on the public listener')
+  t.equal((await rawRequest(base, '/health/ready')).status, 404, 'no health routes on the public listener')
 })
 
 t.test('dot segments, backslashes and bad escapes are refused before routing decides anything', async (t) => {
@@ -118,4 +121,28 @@ t.test('forwarding headers from a trusted proxy are kept and extended', async (t
   t.equal(h['x-real-ip'], '203.0.113.7')
   t.equal(h['x-forwarded-proto'], 'https')
   t.equal(h['x-forwarded-host'], 'api.example.com')
+})
+
+t.test('one access-log line per request with the request id; secrets redacted', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write (chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      cb()
+    }
+  })
+  const up = await echoUpstream()
+  const gw = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/a', upstream: up.url, auth: false }] }, 'test'), logger: gatewayLogger('info', sink) })
+  t.teardown(async () => { await gw.close(); await up.close() })
+  const r = await gw.app.inject({ url: '/a/x?q=1', headers: { 'x-request-id': 'trace-7', authorization: 'Bearer secret-token' } })
+  t.equal(r.statusCode, 200)
+  const access = lines.filter((l) => l.msg === 'request completed')
+  t.equal(access.length, 1, 'one line, not Fastify\'s two')
+  t.match(access[0], { reqId: 'trace-7', method: 'GET', url: '/a/x?q=1', route: '/a/*', statusCode: 200, name: 'gateway' })
+  gw.app.log.info({ headers: { authorization: 'Bearer secret-token', cookie: 'sid=1' }, token: 'abc', password: 'pw' }, 'probe')
+  const probe = lines.find((l) => l.msg === 'probe')!
+  t.same(probe.headers, { authorization: '[redacted]', cookie: '[redacted]' })
+  t.equal(probe.token, '[redacted]')
+  t.equal(probe.password, '[redacted]')
+  t.notMatch(JSON.stringify(lines), /secret-token/, 'the token never reaches a log line')
 })

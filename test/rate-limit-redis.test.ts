@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
+import { Redis } from 'ioredis'
 import { buildGateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
@@ -56,6 +57,10 @@ t.test('two gateway processes share one budget through Redis; Redis down -> fail
   t.ok(accepted >= 10 && accepted <= 11, `accepted ${accepted} of 30 across two replicas with max 10`)
   t.equal(statuses.filter((s) => s === 429).length, 30 - accepted, 'the rest are 429')
   t.ok(statuses.slice(0, 10).every((s) => s === 200), 'the first ten pass whichever replica served them')
+
+  const client = new Redis(redis.url)
+  t.same(await client.keys('*'), ['portcullis-rl:*|ip:127.0.0.1'], 'one shared counter: default budget, keyed by client IP')
+  client.disconnect()
 
   await redis.stop()
   const during = await rawRequest(g1.base, '/p/x')
