@@ -87,6 +87,20 @@ for (const backend of await testBackends()) {
       t.equal(elsewhere.statusCode, 401, 'another address is not limited')
     })
 
+    await t.test('behind a trusted proxy (AUTH_TRUST_PROXY) the per-IP limit keys on X-Forwarded-For', async (t) => {
+      const b3 = await backend.open()
+      const g = await authFixture(b3, { env: { AUTH_TRUST_PROXY: '127.0.0.1', AUTH_LOGIN_IP_MAX: '2', AUTH_LOGIN_USER_MAX: '100' } })
+      t.teardown(async () => { await g.service.close(); await b3.cleanup() })
+      const attempt = async (from: string, forwarded: string): Promise<number> => (await g.service.app.inject({
+        method: 'POST', url: '/auth/login', payload: { username: 'zed', password: 'x' }, remoteAddress: from, headers: { 'x-forwarded-for': forwarded }
+      })).statusCode
+      t.same([await attempt('127.0.0.1', '198.51.100.1'), await attempt('127.0.0.1', '198.51.100.1'), await attempt('127.0.0.1', '198.51.100.1')], [401, 401, 429])
+      t.equal(await attempt('127.0.0.1', '198.51.100.2'), 401, 'another client behind the same proxy is not limited')
+      t.equal(await attempt('10.9.9.9', '198.51.100.2'), 401, 'an untrusted peer is keyed on its own address')
+      t.equal(await attempt('10.9.9.9', '198.51.100.3'), 401)
+      t.equal(await attempt('10.9.9.9', '198.51.100.4'), 429, 'whatever X-Forwarded-For it sends')
+    })
+
     await t.test('metrics count issued tokens and failures on the admin listener only', async (t) => {
       const m = await f.service.admin.inject({ url: '/metrics' })
       t.match(m.body, /portcullis_tokens_issued_total\{grant="login"\} 2/)
