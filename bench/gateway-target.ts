@@ -46,6 +46,14 @@ async function main (): Promise<number> {
   return (gw.app.server.address() as { port: number }).port
 }
 
+// 'mem': answer with process.memoryUsage() after a full GC when --expose-gc is on (live heap vs RSS)
+process.on('message', (m) => {
+  if (m !== 'mem') return
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc !== undefined) gc()
+  process.send!({ mem: process.memoryUsage() })
+})
+
 main().then((port) => process.send!({ port }), (err: unknown) => {
   console.error(err)
   process.exit(1)
