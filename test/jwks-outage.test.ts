@@ -28,8 +28,13 @@ async function call (app: FastifyInstance, token: string, lines: LogLine[]): Pro
   return { status: res.statusCode, reason: lines.slice(before).find((l) => l.event === 'auth_failure')?.reason }
 }
 
-for (const mode of ['reset', 'error'] as IssuerMode[]) {
-  t.test(`issuer ${mode === 'reset' ? 'down (connections reset)' : 'answering 503'} for 10 simulated minutes`, async (t) => {
+const OUTAGES: Array<[string, IssuerMode | 'down']> = [
+  ['down (connections refused)', 'down'],
+  ['dropping connections', 'reset'],
+  ['answering 503', 'error']
+]
+for (const [what, mode] of OUTAGES) {
+  t.test(`issuer ${what} for 10 simulated minutes`, async (t) => {
     const key = rsaKey({ label: 'outage' })
     const issuer = await startTestIssuer({ keys: [key] })
     t.teardown(() => issuer.close())
@@ -42,7 +47,8 @@ for (const mode of ['reset', 'error'] as IssuerMode[]) {
     const longLived = issuer.sign({ jti: 'cached' }, { now: Math.floor(t0 / 1000), ttl: 24 * 3600 })
     t.equal((await call(app, longLived, lines)).status, 200, 'verified once, now cached')
 
-    issuer.mode = mode
+    if (mode === 'down') await issuer.down()
+    else issuer.mode = mode
     for (let minute = 1; minute <= 10; minute++) {
       clock.ms = t0 + minute * MIN
       await app.jwksAuth.refresh()
@@ -60,6 +66,7 @@ for (const mode of ['reset', 'error'] as IssuerMode[]) {
     t.same(late, { status: 401, reason: 'jwks_unavailable' }, 'after the maximum stale age: jwks_unavailable')
     t.same(await call(app, longLived, lines), { status: 401, reason: 'jwks_unavailable' }, 'the cached token too')
 
+    if (mode === 'down') await issuer.up()
     issuer.mode = 'ok'
     clock.ms += MIN
     await app.jwksAuth.refresh()

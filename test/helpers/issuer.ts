@@ -107,6 +107,10 @@ export interface TestIssuer {
   rawJwks: unknown
   /** Signs a token: default claims iss/aud/sub/iat/nbf/exp/jti, overridden by `claims` (undefined removes). */
   sign (claims?: Record<string, unknown>, opts?: SignOptions): string
+  /** Stops listening (connections refused) until `up()`; open connections are dropped. */
+  down (): Promise<void>
+  /** Listens again on the same port. */
+  up (): Promise<void>
   /** Resolves when the JWKS has been requested `count` times in total. */
   waitForFetches (count: number): Promise<void>
   close (): Promise<void>
@@ -203,13 +207,21 @@ export async function startTestIssuer (opts: { audience?: string, keys?: TestKey
       }
       return signJwt(header, payload, key.privateKey, o.alg ?? 'RS256')
     },
+    async down () {
+      for (const res of hanging) res.destroy()
+      for (const sock of sockets) sock.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    },
+    async up () {
+      server.listen(addr.port, '127.0.0.1')
+      await once(server, 'listening')
+    },
     async waitForFetches (count: number) {
       while (this.fetches < count) await once(events, 'fetch')
     },
     async close () {
-      for (const res of hanging) res.destroy()
-      for (const s of sockets) s.destroy()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
+      if (!server.listening) return
+      await this.down()
     }
   }
   return issuer
