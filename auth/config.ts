@@ -49,7 +49,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['AUTH_HOST', DEFAULT_AUTH_HOST, 'public listener address'],
   ['AUTH_PORT', String(DEFAULT_AUTH_PORT), 'public listener port (login, refresh, logout, /oauth/token, JWKS, discovery)'],
   ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST'],
-  ['AUTH_ISSUER', 'http://AUTH_HOST:AUTH_PORT', '`iss` claim and base URL of jwks_uri / token_endpoint in discovery (http://127.0.0.1:3000 with the defaults)'],
+  ['AUTH_ISSUER', 'http://AUTH_HOST:AUTH_PORT', '`iss` claim and base URL of jwks_uri / token_endpoint in discovery'],
   ['AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE, 'default `aud` claim (a client can have its own)'],
   ['AUTH_KEY_POLL_INTERVAL', `${DEFAULT_KEY_POLL_INTERVAL}s`, 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
   ['REFRESH_IDLE_TTL', '7d', 'a refresh token unused for this long is refused'],
