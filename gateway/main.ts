@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
-import { envBool, envDuration, envInt, envString, envUrl, type Env } from '../lib/env.js'
+import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
 import { loadGatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE } from './server.js'
@@ -57,7 +57,7 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       throw new ConfigError(name, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
     }
   }
-  envString(env, 'LOG_LEVEL') // read by lib/logger.ts
+  envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info') // read by lib/logger.ts
   return {
     host: envString(env, 'GATEWAY_HOST', '127.0.0.1'),
     port: envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 }),

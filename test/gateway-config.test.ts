@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -71,4 +72,19 @@ t.test('env settings are validated with the variable named', async (t) => {
   t.throws(() => settingsFromEnv({ GATEWAY_TLS_CERT: '/nonexistent.pem', GATEWAY_TLS_KEY: '/nonexistent.key' }), /GATEWAY_TLS_CERT: cannot read/)
   t.throws(() => settingsFromEnv({ GATEWAY_RATE_LIMIT_FAIL_CLOSED: 'maybe' }), /GATEWAY_RATE_LIMIT_FAIL_CLOSED/)
   t.throws(() => settingsFromEnv({ GATEWAY_SHUTDOWN_GRACE: 'soon' }), /GATEWAY_SHUTDOWN_GRACE/)
+  t.throws(() => settingsFromEnv({ LOG_LEVEL: 'loud' }), /LOG_LEVEL: expected one of/)
+})
+
+t.test('`portcullis gateway` with a bad route file stops at boot naming the file and the problem', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-gw-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const bad = join(dir, 'routes.yaml')
+  writeFileSync(bad, 'issuers: []\nroutes:\n  - prefix: /api\n    upstream: not-a-url\n')
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
+    env: { ...process.env, GATEWAY_CONFIG: bad, GATEWAY_PORT: '0', GATEWAY_ADMIN_PORT: '0' },
+    encoding: 'utf8',
+    timeout: 60_000
+  })
+  t.equal(r.status, 1)
+  t.equal(r.stderr.trim(), `portcullis: Invalid configuration: ${bad}: routes/0/upstream: must match pattern "^https?://"`)
 })
