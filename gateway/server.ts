@@ -44,11 +44,11 @@ export interface Gateway {
 const GENERIC_CODES: Record<number, string> = { 400: 'PORTCULLIS_BAD_REQUEST', 404: 'PORTCULLIS_NOT_FOUND', 413: 'PORTCULLIS_PAYLOAD_TOO_LARGE', 415: 'PORTCULLIS_UNSUPPORTED_MEDIA_TYPE', 431: 'PORTCULLIS_HEADERS_TOO_LARGE' }
 
 /**
- * pino with the shared redaction, writing to stdout asynchronously: lines written while a write is in
- * flight are coalesced into one syscall (synchronous writes cost ~15% of a proxied request's CPU).
- * pino flushes it on exit.
+ * pino with the shared redaction, writing to stdout asynchronously in batches of 4 KiB or every 200 ms,
+ * whichever comes first (a write per line costs several % of a proxied request's CPU). pino flushes
+ * what is left on exit.
  */
-export function gatewayLogger (level?: string, destination: DestinationStream = pino.destination({ dest: 1, sync: false })): Logger {
+export function gatewayLogger (level?: string, destination: DestinationStream = pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 200 })): Logger {
   return pino({ ...loggerOptions('gateway', level), redact: { paths: GATEWAY_REDACT_PATHS, censor: '[redacted]' } }, destination)
 }
 
