@@ -29,8 +29,7 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
       ? undefined
       : route.rateLimit === false
         ? false
-        : { max: route.rateLimit.max, timeWindow: route.rateLimit.timeWindow * 1000, groupId: route.name },
-    gatewayRoute: route.name
+        : { max: route.rateLimit.max, timeWindow: route.rateLimit.timeWindow * 1000, groupId: route.name }
   }
 }
 

@@ -16,8 +16,8 @@ const haveRedisServer = spawnSync('redis-server', ['--version']).status === 0
 if (!haveRedisServer && process.env.CI === 'true') throw new Error('redis-server is required when CI=true')
 const skip = haveRedisServer ? false : 'redis-server binary not installed (required only when CI=true)'
 
-async function startRedis (): Promise<{ url: string, stop: () => Promise<void> }> {
-  const port = await freePort()
+async function startRedis (fixedPort?: number): Promise<{ url: string, stop: () => Promise<void> }> {
+  const port = fixedPort ?? await freePort()
   const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
   const url = `redis://127.0.0.1:${port}`
   for (let i = 0; i < 100 && !(await redisReachable(url)); i++) await new Promise((resolve) => setTimeout(resolve, 50))
@@ -85,4 +85,15 @@ t.test('fail-closed: Redis unreachable -> 503 in the error shape', { skip }, asy
   t.equal(r.json().code, 'PORTCULLIS_RATE_LIMIT_STORE')
   t.equal(up.seen.length, 0)
   t.match((await gw.admin.inject({ url: '/metrics' })).body, /portcullis_rate_limit_store_errors_total [1-9]/)
+
+  // Redis comes up later: the client reconnects in the background and requests pass again
+  const redis = await startRedis(deadPort)
+  t.teardown(redis.stop)
+  let status = 0
+  for (let i = 0; i < 100 && status !== 200; i++) {
+    status = (await gw.app.inject({ url: '/p/x' })).statusCode
+    if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 100)) // real reconnect backoff, no clock to inject
+  }
+  t.equal(status, 200, 'recovered once Redis answered')
+  t.equal(up.seen.length, 1)
 })
