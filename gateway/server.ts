@@ -90,7 +90,11 @@ export function isAmbiguousPath (url: string): boolean {
     return true
   }
   if (decoded.includes('\\') || decoded.includes('\0')) return true
-  return decoded.split('/').some((seg) => seg === '.' || seg === '..')
+  // `..;x` counts as `..`: some servers drop `;` path parameters before resolving dot segments
+  return decoded.split('/').some((seg) => {
+    const name = seg.split(';', 1)[0]
+    return name === '.' || name === '..'
+  })
 }
 
 /**

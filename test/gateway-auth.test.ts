@@ -16,7 +16,9 @@ async function start (t: Test): Promise<Env> {
         { prefix: '/api', upstream: api.url },
         { prefix: '/admin', upstream: admin.url, roles: ['admin'] },
         { prefix: '/orders', upstream: orders.url, permissions: ['order:read'] },
-        { prefix: '/public', upstream: pub.url, auth: false }
+        { prefix: '/public', upstream: pub.url, auth: false },
+        // a public prefix on the protected upstream's own server: a traversal here would land on it
+        { prefix: '/pub2', upstream: `${api.url}/public`, auth: false }
       ]
     }, 'test'),
     logger: false
@@ -93,7 +95,9 @@ t.test('path-bypass variants never reach a protected upstream without a token', 
     '//api/x', '///api/x', '/api//x', '/public//../api/x',
     '/API/x', '/Api/x', '/aPI', '/ADMIN/x', '/Orders/1',
     '/api', '/api/', '/api?x=/public', '/api;/x', '/api%00/x', '/api%20/x', '/api%2fx',
-    'http://evil.example/api/x', 'http://127.0.0.1/api/x'
+    'http://evil.example/api/x', 'http://127.0.0.1/api/x',
+    '/public/..;/api/x', '/public/%2e%2e;/api/x', '/pub2/../x', '/pub2/%2e%2e/x', '/pub2/..%2f..%2fx', '/pub2/%2e%2e%2f%2e%2e%2fapi',
+    '/pub2/..;/x', '/pub2/..\\x', '/pub2%2f..%2fx', '/pub2/.%2e/x'
   ]
   for (const p of variants) {
     let status: number
@@ -105,9 +109,11 @@ t.test('path-bypass variants never reach a protected upstream without a token', 
     t.ok(status === 0 || status >= 400, `${p} -> ${status}`)
   }
   t.equal(api.seen.length + admin.seen.length + orders.seen.length, 0, 'not one unauthenticated request reached a protected upstream')
+  t.equal((await rawRequest(base, '/pub2/ok')).status, 200, 'the public prefix on the same server works')
+  t.same(api.seen.map((r) => r.url), ['/public/ok'], 'and only under its own path')
   // sanity: the same upstream is reachable with a token, so the zero above is meaningful
   t.equal((await rawRequest(base, '/%61pi/x', { headers: bearer(issuer.sign()) })).status, 200, 'an encoded prefix routes to /api, where auth applies')
-  t.equal(api.seen.length, 1)
+  t.equal(api.seen.at(-1)!.url, '/x')
 })
 
 t.test('not ready until every issuer JWKS has been fetched', async (t) => {
