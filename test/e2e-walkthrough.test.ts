@@ -37,12 +37,16 @@ async function call (method: string, url: string, opts: { token?: string, body?:
   return { status: res.status, headers: res.headers, body }
 }
 
-/** Log records of `proc` with this request id and message, once they have been written. */
-async function logged (stack: RunningStack, proc: string, reqId: string, msg: string): Promise<Json[]> {
-  const find = () => stack.logs(proc).map((l) => l.rec).filter((r) => r.reqId === reqId && r.msg === msg)
+/** `find()` once it returns something (log lines arrive through another process), or its last answer after 5 s. */
+async function until (find: () => Json[]): Promise<Json[]> {
   const deadline = Date.now() + 5000
   while (find().length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
   return find()
+}
+
+/** Log records of `proc` with this request id and message. */
+async function logged (stack: RunningStack, proc: string, reqId: string, msg: string): Promise<Json[]> {
+  return await until(() => stack.logs(proc).map((l) => l.rec).filter((r) => r.reqId === reqId && r.msg === msg))
 }
 
 t.test('portcullis start: the whole stack as real processes, walked through as the README does', async (t) => {
@@ -75,6 +79,9 @@ t.test('portcullis start: the whole stack as real processes, walked through as t
   const productSaw = await logged(stack, 'product', rid, 'request completed')
   t.same(productSaw.map((r) => [r.url, r.sub]).sort(), [['/products/p-1', sub], ['/products/p-2', sub]], 'product-service too, once per product')
   t.equal((await logged(stack, 'order', rid, 'order created'))[0]?.sub, sub)
+  // order-service's background catalog refresh ran as itself, with the demo client's token from auth
+  const background = await until(() => stack.logs('product').map((l) => l.rec).filter((r) => r.msg === 'request completed' && r.url === '/products'))
+  t.equal(background[0]?.sub, 'order-service', 'a background call carries the service\'s own client-credentials token')
   const list = await call('GET', `${u.gateway}/api/orders`, { token: access })
   t.same((list.body.orders as Json[]).map((o) => o.id), [order.body.id])
 
