@@ -65,6 +65,7 @@ function counter (registry: Registry | undefined, name: string, help: string, la
  * `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` on 429.
  */
 const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) => {
+  validateOptions(opts)
   const failClosed = opts.failClosed ?? false
   const registry = opts.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : undefined)
   const rejections = counter(registry, 'portcullis_rate_limit_rejections_total', 'Requests refused with 429 by the rate limiter', ['route'])
@@ -211,6 +212,19 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     route.preHandler = [limitHook(limiter), ...toArray(route.preHandler)]
     route.onResponse = [...toArray(route.onResponse), count401(limiter)]
   })
+}
+
+/** One clear message per bad option, at registration (never on the first request). */
+function validateOptions (opts: RateLimitPluginOptions): void {
+  if (opts.max !== undefined && (!Number.isInteger(opts.max) || opts.max < 0)) {
+    throw new Error(`rate-limit plugin: option "max" must be a non-negative integer, got ${String(opts.max)}`)
+  }
+  if (opts.timeWindow !== undefined && !(typeof opts.timeWindow === 'string' || (Number.isFinite(opts.timeWindow) && opts.timeWindow > 0))) {
+    throw new Error(`rate-limit plugin: option "timeWindow" must be a positive number of ms or a duration string, got ${String(opts.timeWindow)}`)
+  }
+  if (typeof opts.redis === 'string' && !/^rediss?:\/\//.test(opts.redis)) {
+    throw new Error('rate-limit plugin: option "redis" must be a redis:// or rediss:// URL or an ioredis client')
+  }
 }
 
 function toArray<T> (h: T | T[] | undefined): T[] {

@@ -1,4 +1,6 @@
 import t, { type Test } from 'tap'
+import Fastify from 'fastify'
+import rateLimitPlugin from '../plugins/rate-limit.js'
 import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
@@ -72,4 +74,17 @@ t.test('401s count against the IP: token guessing is refused before verification
   t.ok(Number(blocked.headers['retry-after']) > 0)
   const m = (await gw.admin.inject({ url: '/metrics' })).body
   t.match(m, /portcullis_auth_requests_total\{result="failure",reason="malformed"\} 4/, 'the blocked attempt was not verified')
+})
+
+t.test('bad plugin options fail at registration with the option named', async (t) => {
+  for (const [opts, re] of [
+    [{ max: -1 }, /option "max" must be a non-negative integer/],
+    [{ max: 1.5 }, /option "max"/],
+    [{ timeWindow: 0 }, /option "timeWindow" must be a positive number/],
+    [{ redis: 'http://x' }, /option "redis" must be a redis:\/\/ or rediss:\/\/ URL/]
+  ] as const) {
+    const app = Fastify({ logger: false })
+    await t.rejects(async () => { await app.register(rateLimitPlugin, opts).ready() }, re)
+    await app.close()
+  }
 })
