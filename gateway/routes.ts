@@ -79,8 +79,9 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
 
     await app.register(async (scope) => {
       // A probe whose client went away gives no verdict: free the slot for the next request.
-      scope.addHook('onResponse', async (request) => {
+      scope.addHook('onResponse', (request, _reply, done) => {
         if (request[kProbe] !== undefined) request[kProbe].releaseProbe()
+        done()
       })
       await scope.register(httpProxy, {
         upstream: route.upstream,

@@ -1,9 +1,9 @@
 import { createRequire } from 'node:module'
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
-import fastifyRateLimit, { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
+import { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
 import { Redis } from 'ioredis'
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onResponseHookHandler } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onResponseHookHandler } from 'fastify'
 import { promClient, type Registry } from './metrics.js'
 
 export const DEFAULT_MAX = 100
@@ -11,6 +11,7 @@ export const DEFAULT_TIME_WINDOW = 60_000 // ms
 export const DEFAULT_LOCAL_CACHE = 10_000 // keys kept by the in-memory store (LRU)
 export const DEFAULT_REDIS_COMMAND_TIMEOUT = 500 // ms: a slow Redis must not hold requests
 const STORE_WARN_INTERVAL = 10_000 // ms between two "store failed" warnings
+const BLOCKED_MAX = 100_000 // IPs remembered as over budget through 401s
 
 export const RateLimitedError = createError('PORTCULLIS_RATE_LIMITED', 'Rate limit exceeded, retry in %s seconds', 429)
 export const RateLimitStoreError = createError('PORTCULLIS_RATE_LIMIT_STORE', 'Rate limiting is unavailable', 503)
@@ -18,8 +19,8 @@ export const RateLimitStoreError = createError('PORTCULLIS_RATE_LIMIT_STORE', 'R
 export interface RateLimitPluginOptions {
   /** Requests per window for routes without their own `config.rateLimit`. @defaultValue 100 */
   max?: number
-  /** Window in ms (or an `@lukeed/ms` string such as `'1 minute'`). @defaultValue 60000 */
-  timeWindow?: number | string
+  /** Window in milliseconds. @defaultValue 60000 */
+  timeWindow?: number
   /** Apply the default budget to every route (a route opts out with `config: { rateLimit: false }`). @defaultValue true */
   global?: boolean
   /**
@@ -35,14 +36,16 @@ export interface RateLimitPluginOptions {
   registry?: Registry
 }
 
-// The stores are not exported by @fastify/rate-limit's entry point; they are plain CommonJS files.
+// @fastify/rate-limit's stores (an LRU, or one Redis Lua script per hit: INCR + PEXPIRE) are used
+// directly: its hook machinery costs several awaits per request and can only key by one function.
+// They are plain CommonJS files that its entry point does not export.
 const require = createRequire(import.meta.url)
 type StoreCtor = new (...args: unknown[]) => FastifyRateLimitStore
 const RedisStore = require('@fastify/rate-limit/store/RedisStore') as StoreCtor
 const LocalStore = require('@fastify/rate-limit/store/LocalStore') as StoreCtor
 
-type CheckFn = ReturnType<FastifyInstance['createRateLimit']>
-interface Limiter { label: string, check: CheckFn }
+/** One budget: its keys are `<label>|<identity>`, so every limiter shares one store. */
+interface Limiter { label: string, max: number, timeWindow: number }
 
 const kCounted = Symbol('portcullis.rateLimit.counted')
 declare module 'fastify' {
@@ -57,12 +60,13 @@ function counter (registry: Registry | undefined, name: string, help: string, la
 }
 
 /**
- * Rate limiting on @fastify/rate-limit's stores (in-memory LRU or one Redis Lua script per hit).
- * Key = the verified token's `sub` when `request.user` is set (so register it after the auth plugin's
- * hooks run: the check is a route-level preHandler), else the client IP. A request refused with 401
- * before the check is counted against its IP afterwards, and an IP over budget is refused (429) before
- * its next token is even verified: token guessing is rate limited. Headers: `RateLimit-Limit`,
- * `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` on 429.
+ * Rate limiting on @fastify/rate-limit's stores. Key = the verified token's `sub` when
+ * `request.user` is set, else the client IP (IPv6 grouped by /64); the check is a route-level
+ * preHandler, so it runs after whichever instance hook authenticates. A request refused with 401
+ * before the check is counted against its IP afterwards, and an IP over budget is refused (429)
+ * before its next token is even verified: token guessing is rate limited. Headers:
+ * `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` on 429.
+ * Per route: `config: { rateLimit: { max, timeWindow (ms), groupId? } | false }`.
  */
 const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) => {
   validateOptions(opts)
@@ -90,6 +94,9 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   } else {
     redis = opts.redis
   }
+  const store = redis === undefined
+    ? new LocalStore(false, false, DEFAULT_LOCAL_CACHE)
+    : new RedisStore(false, false, redis, opts.nameSpace ?? 'portcullis-rl:')
 
   let lastWarn = 0
   const storeFailed = (err: Error): void => {
@@ -100,115 +107,104 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       app.log.warn({ err: err.message, failClosed }, 'rate-limit store failed: requests are %s', failClosed ? 'refused (503)' : 'let through')
     }
   }
-  const wrap = (inner: FastifyRateLimitStore): FastifyRateLimitStore => ({
-    incr (key, cb, timeWindow, max) {
-      try {
-        inner.incr(key, (err, res) => {
-          if (err !== null) storeFailed(err)
-          cb(err, res)
-        }, timeWindow, max)
-      } catch (err) {
-        storeFailed(err as Error)
-        cb(err as Error)
-      }
-    },
-    // every limiter's keys already start with its label: one store (one LRU, one Redis key space
-    // `portcullis-rl:<label>|<identity>`) serves them all
-    child: () => wrap(inner)
-  })
-  const root = redis === undefined
-    ? new LocalStore(false, false, DEFAULT_LOCAL_CACHE)
-    : new RedisStore(false, false, redis, opts.nameSpace ?? 'portcullis-rl:')
-  const store = wrap(root)
-
-  // @fastify/rate-limit lives in a child context so its own onRoute hook never touches our routes:
-  // only its stores and `createRateLimit` are used.
-  let create: FastifyInstance['createRateLimit'] | undefined
-  await app.register(async (child) => {
-    await child.register(fastifyRateLimit, {
-      global: false,
-      max: opts.max ?? DEFAULT_MAX,
-      timeWindow: opts.timeWindow ?? DEFAULT_TIME_WINDOW,
-      skipOnError: false,
-      store: function Store () { return store } as unknown as never,
-      keyGenerator: identityKey
-    })
-    create = child.createRateLimit.bind(child)
-  })
+  /** One hit on `limiter` for `request`'s identity; `cb` gets the count or the store error. */
+  const hit = (limiter: Limiter, request: FastifyRequest, cb: (err: Error | null, current: number, ttl: number) => void): void => {
+    try {
+      store.incr(`${limiter.label}|${identityKey(request)}`, (err, res) => {
+        if (err !== null || res === undefined) {
+          storeFailed(err ?? new Error('no result'))
+          cb(err ?? new Error('no result'), 0, 0)
+        } else {
+          cb(null, res.current, res.ttl)
+        }
+      }, limiter.timeWindow, limiter.max)
+    } catch (err) {
+      storeFailed(err as Error)
+      cb(err as Error, 0, 0)
+    }
+  }
 
   const limiters = new Map<string, Limiter>()
-  const limiterFor = (label: string, cfg?: { max?: unknown, timeWindow?: unknown }): Limiter => {
+  const limiterFor = (label: string, max: number, timeWindow: number): Limiter => {
     let l = limiters.get(label)
     if (l === undefined) {
-      const scoped = { keyGenerator: (req: FastifyRequest) => `${label}|${identityKey(req)}` } as Parameters<FastifyInstance['createRateLimit']>[0]
-      l = { label, check: create!(cfg === undefined ? scoped : { ...scoped, ...cfg } as typeof scoped) }
+      l = { label, max, timeWindow }
       limiters.set(label, l)
     }
     return l
   }
-  const globalLimiter = limiterFor('*', { max: opts.max ?? DEFAULT_MAX, timeWindow: opts.timeWindow ?? DEFAULT_TIME_WINDOW })
+  const globalLimiter = limiterFor('*', opts.max ?? DEFAULT_MAX, opts.timeWindow ?? DEFAULT_TIME_WINDOW)
 
   // IPs whose budget was used up by 401s, until when (epoch ms). Local to this process: each
   // replica learns it from the shared counter on the first 401 it sees past the limit.
   const blocked = new Map<string, number>()
-  const BLOCKED_MAX = 100_000
 
-  const guard: onRequestHookHandler = async (request, reply) => {
-    if (blocked.size === 0) return
-    const ip = clientIp(request)
+  const guard: onRequestHookHandler = function rateLimitGuard (request, reply, done) {
+    if (blocked.size === 0) { done(); return }
+    const ip = normalizeIP(request.ip)
     const until = blocked.get(ip)
-    if (until === undefined) return
-    const left = until - Date.now()
+    const left = until === undefined ? 0 : until - Date.now()
     if (left <= 0) {
-      blocked.delete(ip)
+      if (until !== undefined) blocked.delete(ip)
+      done()
       return
     }
     rejections?.inc({ route: request.routeOptions.url ?? 'unknown' })
     const secs = Math.ceil(left / 1000)
     reply.header('retry-after', secs)
-    throw new RateLimitedError(String(secs))
+    done(new RateLimitedError(String(secs)))
   }
   app.addHook('onRequest', guard)
 
-  const limitHook = (limiter: Limiter): preHandlerHookHandler => async function rateLimitCheck (request, reply) {
+  const limitHook = (limiter: Limiter): preHandlerHookHandler => function rateLimitCheck (request, reply, done) {
     request[kCounted] = true
-    let r: Awaited<ReturnType<CheckFn>>
-    try {
-      r = await limiter.check(request)
-    } catch (err) {
-      if (failClosed) throw new RateLimitStoreError({ cause: err })
-      return
-    }
-    if (r.isAllowed) return
-    setHeaders(reply, r.max, r.remaining, r.ttlInSeconds)
-    if (r.isExceeded) {
+    hit(limiter, request, (err, current, ttl) => {
+      if (err !== null) {
+        done(failClosed ? new RateLimitStoreError({ cause: err }) : undefined)
+        return
+      }
+      const reset = Math.ceil(ttl / 1000)
+      reply.header('ratelimit-limit', limiter.max)
+      reply.header('ratelimit-remaining', Math.max(0, limiter.max - current))
+      reply.header('ratelimit-reset', reset)
+      if (current <= limiter.max) {
+        done()
+        return
+      }
       rejections?.inc({ route: limiter.label })
-      reply.header('retry-after', r.ttlInSeconds)
-      throw new RateLimitedError(String(r.ttlInSeconds))
-    }
+      reply.header('retry-after', reset)
+      done(new RateLimitedError(String(reset)))
+    })
   }
 
-  const count401 = (limiter: Limiter): onResponseHookHandler => async function rateLimitCount401 (request, reply) {
-    if (reply.statusCode !== 401 || request[kCounted] === true) return
-    try {
-      const r = await limiter.check(request) // request.user is unset: the key is the IP
-      if (!r.isAllowed && r.isExceeded) {
+  const count401 = (limiter: Limiter): onResponseHookHandler => function rateLimitCount401 (request, reply, done) {
+    if (reply.statusCode !== 401 || request[kCounted] === true) { done(); return }
+    // request.user is unset here: the hit is keyed by the IP
+    hit(limiter, request, (err, current, ttl) => {
+      if (err === null && current > limiter.max) {
         if (blocked.size >= BLOCKED_MAX) blocked.delete(blocked.keys().next().value!)
-        blocked.set(clientIp(request), Date.now() + r.ttl)
+        blocked.set(normalizeIP(request.ip), Date.now() + ttl)
       }
-    } catch {
-      // counted and logged by the store wrapper
-    }
+      done()
+    })
   }
 
   app.addHook('onRoute', (route) => {
     const cfg = route.config?.rateLimit
     if (cfg === false) return
     if (cfg === undefined && opts.global === false) return
-    const limiter = cfg === undefined ? globalLimiter : limiterFor(cfg.groupId ?? route.url, cfg)
+    let limiter = globalLimiter
+    if (cfg !== undefined) {
+      const max = cfg.max ?? globalLimiter.max
+      const timeWindow = cfg.timeWindow ?? globalLimiter.timeWindow
+      if (typeof max !== 'number' || !Number.isInteger(max) || max < 0 || typeof timeWindow !== 'number' || !(timeWindow > 0)) {
+        throw new Error(`route ${route.url}: config.rateLimit needs an integer max >= 0 and a timeWindow in ms > 0`)
+      }
+      limiter = limiterFor(cfg.groupId ?? route.url, max, timeWindow)
+    }
     // Route-level hooks run after every instance-level hook of the same kind, so the check sees
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own
-    // preHandlers (e.g. the gateway's circuit breaker).
+    // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...toArray(route.preHandler)]
     route.onResponse = [...toArray(route.onResponse), count401(limiter)]
   })
@@ -219,8 +215,8 @@ function validateOptions (opts: RateLimitPluginOptions): void {
   if (opts.max !== undefined && (!Number.isInteger(opts.max) || opts.max < 0)) {
     throw new Error(`rate-limit plugin: option "max" must be a non-negative integer, got ${String(opts.max)}`)
   }
-  if (opts.timeWindow !== undefined && !(typeof opts.timeWindow === 'string' || (Number.isFinite(opts.timeWindow) && opts.timeWindow > 0))) {
-    throw new Error(`rate-limit plugin: option "timeWindow" must be a positive number of ms or a duration string, got ${String(opts.timeWindow)}`)
+  if (opts.timeWindow !== undefined && !(Number.isFinite(opts.timeWindow) && opts.timeWindow > 0)) {
+    throw new Error(`rate-limit plugin: option "timeWindow" must be a positive number of ms, got ${String(opts.timeWindow)}`)
   }
   if (typeof opts.redis === 'string' && !/^rediss?:\/\//.test(opts.redis)) {
     throw new Error('rate-limit plugin: option "redis" must be a redis:// or rediss:// URL or an ioredis client')
@@ -231,20 +227,10 @@ function toArray<T> (h: T | T[] | undefined): T[] {
   return h === undefined ? [] : Array.isArray(h) ? h : [h]
 }
 
-function clientIp (request: FastifyRequest): string {
-  return normalizeIP(request.ip)
-}
-
 /** `s:<sub>` for a verified caller, else `ip:<client ip>` (IPv6 grouped by /64). */
 function identityKey (request: FastifyRequest): string {
   const user = (request as { user?: { sub?: unknown } | null }).user
-  return user !== null && user !== undefined && typeof user.sub === 'string' ? `s:${user.sub}` : `ip:${clientIp(request)}`
-}
-
-function setHeaders (reply: FastifyReply, max: number, remaining: number, reset: number): void {
-  reply.header('ratelimit-limit', max)
-  reply.header('ratelimit-remaining', remaining)
-  reply.header('ratelimit-reset', reset)
+  return user !== null && user !== undefined && typeof user.sub === 'string' ? `s:${user.sub}` : `ip:${normalizeIP(request.ip)}`
 }
 
 export default fp(rateLimit, { fastify: '5.x', name: 'portcullis-rate-limit' })
