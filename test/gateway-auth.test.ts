@@ -61,6 +61,15 @@ t.test('auth per route, roles and permissions per route, identity headers', asyn
   t.equal(h.authorization, `Bearer ${token}`, 'Authorization forwarded for services that verify themselves')
   t.ok(h['x-request-id'])
 
+  const trick = await rawRequest(base, '/api/x', { headers: { ...bearer(token), connection: 'close, x-user-id, x-user-role, x-user-permissions, authorization, x-request-id' } })
+  t.equal(trick.status, 200)
+  const th = trick.json<Echo>().headers
+  t.equal(th['x-user-id'], 'alice', 'identity headers survive being named in Connection')
+  t.equal(th['x-user-role'], 'user')
+  t.equal(th['x-user-permissions'], 'order:read,product:list')
+  t.equal(th.authorization, `Bearer ${token}`)
+  t.ok(th['x-request-id'])
+
   const forbidden = await rawRequest(base, '/admin/x', { headers: bearer(token) })
   t.equal(forbidden.status, 403, 'role user on an admin route')
   t.equal(forbidden.headers['www-authenticate'], 'Bearer error="insufficient_scope"')
