@@ -89,14 +89,22 @@ export async function run (_argv: string[]): Promise<number> {
   const log = gw.app.log
   // On SIGTERM: stop accepting, let in-flight requests finish (Fastify closes idle keep-alive
   // sockets and answers 503 on busy ones), then exit; forced exit after the grace period.
-  closeWithGrace({ delay: s.shutdownGrace * 1000, logger: { error: (m: unknown) => log.error(m) } }, async ({ signal, err }) => {
+  const grace = closeWithGrace({ delay: s.shutdownGrace * 1000, logger: { error: (m: unknown) => log.error(m) } }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'fatal error, shutting down')
     else log.info({ signal }, 'shutting down: draining in-flight requests')
     await gw.close()
     log.info('gateway stopped')
   })
-  await gw.app.listen({ host: s.host, port: s.port })
-  await gw.admin.listen({ host: s.adminHost, port: s.adminPort })
+  try {
+    await gw.app.listen({ host: s.host, port: s.port })
+    await gw.admin.listen({ host: s.adminHost, port: s.adminPort })
+  } catch (err) {
+    // e.g. EADDRINUSE: close what was opened (Redis client, timers) so the process can exit with 1
+    // (close-with-grace's beforeExit handler would otherwise exit 0)
+    grace.uninstall()
+    await gw.close()
+    throw err
+  }
   log.info({ routes: config.routes.length, config: s.configPath, tls: s.tls !== undefined, redis: s.redisUrl !== undefined }, 'gateway ready')
   return 0
 }

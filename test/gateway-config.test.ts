@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process'
+import { createServer, type AddressInfo } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -87,4 +88,18 @@ t.test('`portcullis gateway` with a bad route file stops at boot naming the file
   })
   t.equal(r.status, 1)
   t.equal(r.stderr.trim(), `portcullis: Invalid configuration: ${bad}: routes/0/upstream: must match pattern "^https?://"`)
+})
+
+t.test('`portcullis gateway` on a port in use exits 1 with one line (nothing left running)', async (t) => {
+  const blocker = createServer()
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => blocker.close())
+  const port = (blocker.address() as AddressInfo).port
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
+    env: { ...process.env, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: '0', LOG_LEVEL: 'error' },
+    encoding: 'utf8',
+    timeout: 60_000
+  })
+  t.equal(r.status, 1)
+  t.match(r.stderr, new RegExp(`portcullis: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}`))
 })
