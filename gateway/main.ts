@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
 import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
-import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
+import { JWKS_ENV, jwksTimingsFromEnv } from '../lib/jwks-env.js'
 import { loadGatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE } from './server.js'
 

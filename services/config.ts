@@ -1,6 +1,6 @@
 import { envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
-import { JWKS_ENV, jwksTimingsFromEnv } from '../plugins/jwks-env.js'
+import { JWKS_ENV, jwksTimingsFromEnv } from '../lib/jwks-env.js'
 
 export const SERVICE_KINDS = ['user', 'order', 'product'] as const
 export type ServiceKind = typeof SERVICE_KINDS[number]

@@ -1,5 +1,5 @@
-import { envDuration, type Env } from '../lib/env.js'
-import { DEFAULT_KEY_CACHE_TTL, DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, type JwksAuthOptions } from './auth-options.js'
+import { envDuration, type Env } from './env.js'
+import { DEFAULT_KEY_CACHE_TTL, DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, type JwksAuthOptions } from '../plugins/auth-options.js'
 
 /** The verifier-side JWKS timings every verifying process (gateway, services) reads from its env. */
 export const JWKS_ENV: Array<[name: string, def: string, meaning: string]> = [
