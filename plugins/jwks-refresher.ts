@@ -1,9 +1,7 @@
-import buildGetJwks from 'get-jwks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { AuthMetrics } from './auth-metrics.js'
 import type { ResolvedIssuer, ResolvedOptions } from './auth-options.js'
-import { MAX_JWKS_KEYS } from './auth-options.js'
-import { parseJwk, parseJwks, type KeyEntry } from './jwks-keys.js'
+import { parseJwks, type KeyEntry } from './jwks-keys.js'
 
 /** Largest JWKS body read; a real one is a few KB. */
 const MAX_JWKS_BYTES = 256 * 1024
@@ -13,46 +11,9 @@ const REMOVED_KID_MEMORY_MS = 3600_000
 /** First retry delay while an issuer has never been loaded; doubles up to the refresh interval. */
 const FIRST_RETRY_MS = 500
 
-interface LruLike { keys (): IterableIterator<string>, delete (key: string): void }
-
 export type KeyFreshness = 'fresh' | 'stale' | 'unavailable'
 export type MissOutcome = 'found' | 'not_found' | 'unavailable'
 export type RefreshResult = 'updated' | 'not_modified' | 'failure'
-
-interface TimeoutSignalLike {
-  readonly aborted: boolean
-  readonly reason: unknown
-  addEventListener (type: string, listener: (this: unknown) => void): void
-  removeEventListener (type: string, listener: (this: unknown) => void): void
-}
-
-/**
- * get-jwks copies `fetchOptions` once, when it is built, so a single `AbortSignal.timeout(ms)` would
- * abort every fetch made after the first `ms` milliseconds of the process (measured). This object
- * has the shape fetch accepts for a signal and gives every fetch that subscribes to it its own timer.
- */
-function perFetchTimeoutSignal (ms: number): TimeoutSignalLike {
-  const timers = new Map<(this: unknown) => void, NodeJS.Timeout>()
-  const signal: TimeoutSignalLike = {
-    aborted: false,
-    reason: undefined,
-    addEventListener (type, listener) {
-      if (type !== 'abort') return
-      const timer = setTimeout(() => {
-        timers.delete(listener)
-        listener.call(signal)
-      }, ms)
-      timer.unref()
-      timers.set(listener, timer)
-    },
-    removeEventListener (type, listener) {
-      if (type !== 'abort') return
-      clearTimeout(timers.get(listener))
-      timers.delete(listener)
-    }
-  }
-  return signal
-}
 
 export interface IssuerKeysDeps {
   options: ResolvedOptions
@@ -64,14 +25,12 @@ export interface IssuerKeysDeps {
 
 /**
  * The key map of one issuer: the single source of truth for which kids verify. Kept current by a
- * background conditional refresh (ETag); unknown kids trigger one get-jwks fetch per cooldown.
+ * background conditional refresh (ETag); unknown kids trigger one conditional fetch of the set per cooldown.
  */
 export class IssuerKeys {
   readonly config: ResolvedIssuer
   keys = new Map<string, KeyEntry>()
   #deps: IssuerKeysDeps
-  #getJwks: buildGetJwks.GetJwks
-  #domain: string
   #etag: string | undefined
   #lastSuccess = Number.NEGATIVE_INFINITY
   #staleAllowed = true
@@ -80,7 +39,6 @@ export class IssuerKeys {
   #cooldownUntil = Number.NEGATIVE_INFINITY
   /** Kids that left the set: their tokens are refused without a fetch, so they cannot burn the kid-miss cooldown. */
   #removed = new Map<string, number>()
-  #kidFlight: Promise<MissOutcome> | null = null
   #refreshFlight: Promise<RefreshResult> | null = null
   #timer: NodeJS.Timeout | undefined
   #stopped = false
@@ -90,19 +48,6 @@ export class IssuerKeys {
   constructor (config: ResolvedIssuer, deps: IssuerKeysDeps) {
     this.config = config
     this.#deps = deps
-    const cut = config.jwksUri.lastIndexOf('/') + 1
-    this.#domain = config.jwksUri.slice(0, cut)
-    this.#getJwks = buildGetJwks({
-      max: MAX_JWKS_KEYS,
-      ttl: deps.options.keyCacheTtlMs,
-      // get-jwks fetches only from this issuer's JWKS location, whatever a token says.
-      issuersWhitelist: [this.#domain],
-      jwksPath: config.jwksUri.slice(cut),
-      fetchOptions: {
-        signal: perFetchTimeoutSignal(deps.options.fetchTimeoutMs) as unknown as AbortSignal,
-        redirect: 'error'
-      }
-    })
   }
 
   /** True once a full JWKS fetch succeeded. */
@@ -125,7 +70,7 @@ export class IssuerKeys {
   async resolveMissing (kid: string): Promise<MissOutcome> {
     const removedAt = this.#removed.get(kid)
     if (removedAt !== undefined && this.#deps.options.now() - removedAt < REMOVED_KID_MEMORY_MS) return 'not_found'
-    const inFlight = this.#kidFlight ?? this.#refreshFlight
+    const inFlight = this.#refreshFlight
     if (inFlight !== null) {
       await inFlight
       return this.keys.has(kid) ? 'found' : this.#loaded ? 'not_found' : 'unavailable'
@@ -136,39 +81,18 @@ export class IssuerKeys {
       return this.#loaded || this.keys.size > 0 ? 'not_found' : 'unavailable'
     }
     this.#cooldownUntil = now + this.#deps.options.kidMissCooldownMs
-    this.#kidFlight = this.#fetchKid(kid).finally(() => { this.#kidFlight = null })
-    return await this.#kidFlight
-  }
-
-  async #fetchKid (kid: string): Promise<MissOutcome> {
-    try {
-      const jwk = await this.#getJwks.getJwk({ domain: this.#domain, alg: undefined as unknown as string, kid })
-      const entry = parseJwk(jwk)
-      this.#lastSuccess = this.#deps.options.now()
-      this.#staleAllowed = true
-      if (typeof entry === 'string') {
-        this.#deps.log.warn({ event: 'jwks_key_rejected', issuer: this.config.issuer, kid, why: entry }, 'JWKS key refused')
-        this.#evictGetJwks([kid])
-        this.#deps.metrics.refresh.inc({ result: 'kid_not_found' })
-        return 'not_found'
-      }
-      this.keys = new Map(this.keys).set(kid, entry)
-      // The map no longer matches the document our ETag names: the next refresh must be a full fetch,
-      // or a 304 would keep this key even after it leaves the set.
-      this.#etag = undefined
-      this.#deps.metrics.keys.set({ issuer: this.config.issuer }, this.keys.size)
+    // The whole set, not just this kid: a fetch triggered by an attacker's random kid must still teach
+    // us a legitimate new key in the same document, or a flood timed to each cooldown's end would keep
+    // that key refused until the next background refresh. The same parse (size limit, duplicate kids,
+    // key limit) and removal rules as the background refresh apply.
+    const result = await this.refresh()
+    if (this.keys.has(kid)) {
       this.#deps.metrics.refresh.inc({ result: 'kid_found' })
       return 'found'
-    } catch (err) {
-      const code = (err as { code?: unknown }).code
-      if (code === 'JWK_NOT_FOUND' || code === 'NO_JWKS') {
-        this.#deps.metrics.refresh.inc({ result: 'kid_not_found' })
-        return this.#loaded || this.keys.size > 0 ? 'not_found' : 'unavailable'
-      }
-      this.#deps.metrics.refresh.inc({ result: 'failure' })
-      this.#deps.log.warn({ event: 'jwks_fetch_failed', issuer: this.config.issuer, trigger: 'kid_miss', err: describe(err) }, 'JWKS fetch failed')
-      return 'unavailable'
     }
+    if (result === 'failure') return 'unavailable'
+    this.#deps.metrics.refresh.inc({ result: 'kid_not_found' })
+    return this.#loaded || this.keys.size > 0 ? 'not_found' : 'unavailable'
   }
 
   /** One conditional fetch of the whole set (single-flight). */
@@ -224,7 +148,6 @@ export class IssuerKeys {
         this.#removed.set(kid, this.#deps.options.now())
         if (this.#removed.size > MAX_REMEMBERED_REMOVED) this.#removed.delete(this.#removed.keys().next().value as string)
       }
-      this.#evictGetJwks(removed)
       this.#deps.onRemoved(this.config.issuer, removed)
       log.info({ event: 'jwks_keys_removed', issuer: this.config.issuer, kids: removed }, 'keys left the JWKS')
     }
@@ -244,18 +167,6 @@ export class IssuerKeys {
     this.#deps.metrics.refresh.inc({ result: 'failure' })
     this.#deps.log.warn({ event: 'jwks_fetch_failed', issuer: this.config.issuer, trigger: 'refresh', err: why }, 'JWKS refresh failed')
     return 'failure'
-  }
-
-  /** A key that left the set must not come back through get-jwks' cache or its stale cache. */
-  #evictGetJwks (kids: string[]): void {
-    const suffixes = kids.map((kid) => `:${encodeURIComponent(kid)}:${encodeURIComponent(this.#domain)}`)
-    const matches = (k: string): boolean => suffixes.some((s) => k.endsWith(s))
-    // Deleting from the main cache moves the entry into the stale cache (get-jwks' dispose), so stale goes last.
-    // Both are lru-cache instances at runtime; get-jwks' typings only declare get/set/delete.
-    const cache = this.#getJwks.cache as unknown as LruLike
-    const stale = this.#getJwks.staleCache as unknown as LruLike
-    for (const k of [...cache.keys()]) if (matches(k)) cache.delete(k)
-    for (const k of [...stale.keys()]) if (matches(k)) stale.delete(k)
   }
 
   /** Loads now, then refreshes every interval (faster with backoff until the first success). */

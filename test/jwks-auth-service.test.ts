@@ -75,7 +75,7 @@ t.test('jwks-auth against the auth service', async (t) => {
   t.equal(await refreshes(), fetchesBefore, 'its tokens cause no kid-miss fetch (and so do not start the cooldown)')
   t.equal((await me(second)).status, 200)
 
-  // Immediate (not pre-published) rotation: bridged by one get-jwks kid-miss fetch.
+  // Immediate (not pre-published) rotation: bridged by one kid-miss fetch.
   await f.keys.rotateNow({ activateNow: true })
   await f.service.signer.refresh()
   const third = await login()

@@ -124,11 +124,11 @@ t.test('a hanging issuer is cut off by the fetch timeout, and later fetches stil
   const started = Date.now()
   await app.jwksAuth.refresh()
   const kidMiss = await call(app, issuer.sign({}, { key: late }), lines)
-  t.same(kidMiss, { status: 401, reason: 'jwks_unavailable' }, 'the get-jwks kid-miss fetch timed out too')
+  t.same(kidMiss, { status: 401, reason: 'jwks_unavailable' }, 'the kid-miss fetch timed out too')
   t.ok(Date.now() - started < 2000, 'both fetches were aborted by their timeouts')
   issuer.mode = 'ok'
   clock.ms += 2000 // past the kid-miss cooldown
-  // More than fetchTimeout after get-jwks was built: a single shared AbortSignal would abort this fetch.
+  // More than fetchTimeout after the first fetch: a single shared AbortSignal would abort this fetch.
   t.equal((await call(app, issuer.sign({ jti: 'x' }, { key: late }), lines)).status, 200, 'the next kid-miss fetch succeeds')
 })
 

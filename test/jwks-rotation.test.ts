@@ -92,7 +92,7 @@ t.test('the background timer refreshes on its interval (real timers, no sleep)',
   t.equal(status, 401, 'the timer noticed the removal')
 })
 
-t.test('a removed key is evicted from get-jwks caches: an outage cannot resurrect it', async (t) => {
+t.test('a removed key cannot be resurrected by a kid-miss fetch or an outage', async (t) => {
   const k1 = rsaKey({ label: 'rot-a' })
   const k3 = rsaKey({ label: 'rot-c' })
   const issuer = await startTestIssuer({ keys: [k1] })
@@ -102,7 +102,7 @@ t.test('a removed key is evicted from get-jwks caches: an outage cannot resurrec
   t.teardown(() => app.close())
   const now = Math.floor(clock.ms / 1000)
 
-  issuer.addKey(k3) // published after our last refresh: found through a get-jwks kid-miss fetch
+  issuer.addKey(k3) // published after our last refresh: found through a kid-miss fetch
   const token = issuer.sign({}, { key: k3, now })
   const before = issuer.fetches
   t.equal(await call(app, token), 200)
@@ -110,17 +110,51 @@ t.test('a removed key is evicted from get-jwks caches: an outage cannot resurrec
 
   issuer.removeKey(k3.kid)
   await app.jwksAuth.refresh()
-  issuer.mode = 'error' // the issuer now fails: get-jwks would serve its cached/stale copy of k3
+  issuer.mode = 'error' // the issuer now fails: no cached or stale copy of k3 may serve
   t.equal(await call(app, issuer.sign({ jti: 'replay' }, { key: k3, now })), 401)
   t.equal(issuer.fetches, before + 2, 'a kid that just left the set is refused without a fetch')
   // An hour later the removed kid is forgotten and treated as any unknown kid: one kid-miss fetch.
-  // get-jwks' own TTL runs on the real clock, so without eviction its cache would still hold k3.
   clock.ms += 3600_000 + 11_000
   const later = Math.floor(clock.ms / 1000)
   const res = await app.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign({ jti: 'again' }, { key: k3, now: later })}` } })
-  t.equal(res.statusCode, 401, 'the removed key does not come back from get-jwks')
+  t.equal(res.statusCode, 401, 'the removed key does not come back')
   t.equal(issuer.fetches, before + 3, 'the kid miss did try the (failing) issuer')
   t.equal(await call(app, issuer.sign({}, { key: k1, now: later })), 200, 'the kept key still verifies (stale, within the maximum stale age)')
+})
+
+t.test('regression: a kid-miss fetch triggered by a random kid also learns a new key in the same JWKS (no starvation)', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k2 = rsaKey({ label: 'rot-b' })
+  const issuer = await startTestIssuer({ keys: [k1] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock, { kidMissCooldown: 30 })
+  t.teardown(() => app.close())
+  const now = Math.floor(clock.ms / 1000)
+  issuer.addKey(k2) // an issuer that signs with a new key at once (no pre-publication)
+  const before = issuer.fetches
+  // The attacker's random kid spends the kid-miss fetch (and starts the cooldown) first.
+  t.equal(await call(app, issuer.sign({}, { key: k1, now, kid: 'attacker-random-kid' })), 401)
+  t.equal(issuer.fetches, before + 1, 'the random kid caused one fetch')
+  // Inside the cooldown: the fetched document already named k2, so k2 must verify without a fetch.
+  t.equal(await call(app, issuer.sign({}, { key: k2, now })), 200, 'the new key is not starved by the flood')
+  t.equal(issuer.fetches, before + 1, 'no second fetch inside the cooldown')
+})
+
+t.test('regression: a kid published twice in the JWKS is not trusted through the kid-miss path either', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k2 = rsaKey({ label: 'rot-b' })
+  const other = rsaKey({ label: 'rot-c' })
+  const twin = { ...other.jwk, kid: k2.kid }
+  const issuer = await startTestIssuer({ keys: [k1] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock)
+  t.teardown(() => app.close())
+  // Two keys under one kid: ambiguous, so neither may verify (the refresh refuses both).
+  issuer.rawJwks = { keys: [k1.jwk, k2.jwk, twin] }
+  t.equal(await call(app, issuer.sign({}, { key: k2 })), 401, 'the first of the twins is refused on a kid miss')
+  t.equal(await call(app, issuer.sign({}, { key: k1 })), 200)
 })
 
 t.test('a key whose material changes under the same kid replaces the old one', async (t) => {
