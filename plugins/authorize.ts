@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, RouteOptions } from 'fastify'
+import type { FastifyContextConfig, FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, RouteOptions } from 'fastify'
 import { forbiddenError, httpErrorFor } from './auth-errors.js'
 import type { VerifiedUser } from './jwks-verify.js'
 
@@ -23,6 +23,9 @@ declare module 'fastify' {
     portcullisAuthorize: true
   }
 }
+
+/** Marks a route config whose rules onRoute already appended as a preHandler. */
+const ENFORCED = Symbol('portcullis.authorize.enforced')
 
 function currentUser (request: FastifyRequest): VerifiedUser | null {
   return (request as unknown as { user?: VerifiedUser | null }).user ?? null
@@ -88,6 +91,28 @@ const authorize: FastifyPluginAsync = async (app) => {
     const checked = checkRules(rules, `${String(route.method)} ${route.url}`)
     const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler]
     route.preHandler = [...existing, requireRules(checked)]
+    // A fresh object: a config shared by several routes must not mark routes this hook never saw.
+    const marked: FastifyContextConfig & { [ENFORCED]?: boolean } = { ...route.config, [ENFORCED]: true }
+    route.config = marked
+  })
+  // A route declared before this plugin was registered never went through onRoute, yet the
+  // authentication hook still covers it: enforce its rules here instead of silently ignoring them.
+  // Callback style: this runs on every request and must cost nothing for routes already handled.
+  app.addHook('preHandler', (request, reply, done) => {
+    const config = request.routeOptions.config as { auth?: unknown, [ENFORCED]?: boolean } | undefined
+    const rules = config?.auth
+    if (rules === undefined || rules === false || config?.[ENFORCED] === true) {
+      done()
+      return
+    }
+    let enforce: preHandlerAsyncHookHandler
+    try {
+      enforce = requireRules(checkRules(rules, `${request.method} ${request.routeOptions.url ?? ''}`))
+    } catch (err) {
+      done(err as Error)
+      return
+    }
+    enforce.call(app, request, reply).then(() => done(), done)
   })
 }
 

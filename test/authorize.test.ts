@@ -126,3 +126,31 @@ t.test('authorize alone (another authentication sets request.user) enforces rout
   t.equal((await app.inject({ url: '/a', headers: { 'x-test-role': 'user' } })).statusCode, 403)
   t.equal((await app.inject({ url: '/a', headers: { 'x-test-role': 'admin' } })).statusCode, 200)
 })
+
+t.test('regression: config.auth rules of a route declared before the plugin was registered are enforced, not ignored', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  const ok = async (): Promise<{ ok: true }> => ({ ok: true })
+  // Declared first: authorize's onRoute hook never sees this route, the authentication hook still covers it.
+  app.get('/early/admin', { config: { auth: { roles: ['admin'] } } }, ok)
+  app.get('/early/orders', { config: { auth: { permissions: ['orders:write'] } } }, ok)
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }] })
+  app.get('/late/admin', { config: { auth: { roles: ['admin'] } } }, ok)
+  await app.ready()
+  t.teardown(() => app.close())
+  await app.jwksAuth.refresh()
+  const user = issuer.sign({ role: 'user', permissions: ['orders:read'] })
+  const admin = issuer.sign({ role: 'admin', permissions: ['orders:write'] })
+  const get = async (url: string, token?: string): Promise<{ status: number, auth: unknown }> => {
+    const res = await app.inject({ url, headers: token === undefined ? {} : { authorization: `Bearer ${token}` } })
+    return { status: res.statusCode, auth: res.headers['www-authenticate'] }
+  }
+  t.same(await get('/early/admin', user), { status: 403, auth: 'Bearer error="insufficient_scope"' }, 'the role rule holds')
+  t.same(await get('/early/orders', user), { status: 403, auth: 'Bearer error="insufficient_scope"' }, 'the permission rule holds')
+  t.equal((await get('/early/admin', admin)).status, 200)
+  t.equal((await get('/early/orders', admin)).status, 200)
+  t.equal((await get('/early/admin')).status, 401)
+  t.same(await get('/late/admin', user), { status: 403, auth: 'Bearer error="insufficient_scope"' }, 'routes declared after still work')
+  t.equal((await get('/late/admin', admin)).status, 200)
+})
