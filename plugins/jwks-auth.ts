@@ -12,6 +12,16 @@ import { TokenVerifier, type VerifiedUser } from './jwks-verify.js'
 import { jwtVerifyOptions } from './jwks-fastify-jwt.js'
 
 export type { JwksAuthOptions, IssuerOptions } from './auth-options.js'
+
+/** Plugin options: the verifier's options plus logging. */
+export interface JwksAuthPluginOptions extends JwksAuthOptions {
+  /**
+   * Level of the per-request `auth_success` line (`auth_failure` is always info). A gateway that
+   * writes its own access line with `sub` sets `'debug'`: one line per request instead of two.
+   * @defaultValue 'info'
+   */
+  successLogLevel?: 'info' | 'debug' | 'trace'
+}
 export type { VerifiedUser } from './jwks-verify.js'
 export type { RouteAuthRules } from './authorize.js'
 
@@ -69,12 +79,14 @@ function bearerToken (request: FastifyRequest): string {
  * background with ETags; unknown kids cause at most one fetch per cooldown. See README
  * (`config:plugins`) for every option, reason code and metric.
  */
-const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
+const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts) => {
   if (app.hasDecorator('jwksAuth')) {
     // A second registration with other options would be silently half-applied: refuse it.
     throw new AuthOptionsError('issuers', 'jwks-auth is already registered in this context; list every issuer in one registration')
   }
   const options = resolveOptions(rawOpts)
+  const successLevel = rawOpts.successLogLevel ?? 'info'
+  if (!['info', 'debug', 'trace'].includes(successLevel)) throw new AuthOptionsError('successLogLevel', 'must be info, debug or trace')
   const registry = options.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : new promClient.Registry())
   const metrics = authMetrics(registry)
   const issuers = new Map<string, IssuerKeys>()
@@ -118,7 +130,7 @@ const jwksAuth: FastifyPluginAsync<JwksAuthOptions> = async (app, rawOpts) => {
       request.user = user
       r[AUTHENTICATED] = true
       metrics.requests.inc({ result: 'success', reason: 'ok' })
-      request.log.info({ event: 'auth_success', sub: user.sub, cache, ...base() }, 'authenticated')
+      request.log[successLevel]({ event: 'auth_success', sub: user.sub, cache, ...base() }, 'authenticated')
     } catch (err) {
       let reason: FailureReason | 'internal_error' = 'internal_error'
       if (err instanceof AuthFailure) reason = err.reason
