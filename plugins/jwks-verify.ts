@@ -215,6 +215,14 @@ export class TokenVerifier {
     const n = buf.write(t.input, 0, 'latin1')
     const m = buf.write(t.signature, n, 'base64url')
     if (m !== entry.sigBytes) throw new AuthFailure('bad_signature', 'signature length')
+    // Buffer's decoder ignores unused low bits of the last character and a dangling last character,
+    // so one signature has many spellings: accept only the canonical one (one token, one string; the
+    // token cache and any jti/token deny-list key on that string). Re-encoding the last group suffices.
+    const tail = m % 3 === 0 ? 3 : m % 3
+    if (t.signature.length !== Math.ceil(m * 4 / 3) ||
+      buf.toString('base64url', n + m - tail, n + m) !== t.signature.slice(-(tail + 1))) {
+      throw new AuthFailure('bad_signature', 'signature not canonical base64url')
+    }
     const ok = cryptoVerify(HASHES[alg], buf.subarray(0, n), alg.startsWith('PS')
       ? { key: entry.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }
       : entry.key, buf.subarray(n, n + m))

@@ -63,6 +63,9 @@ t.test('hostile token table', async (t) => {
   add('stripped signature', `${gh}.${gp}.`, 'bad_signature')
   add('truncated signature', `${gh}.${gp}.${gs.slice(0, -12)}`, 'bad_signature')
   add('zeroed signature', `${gh}.${gp}.${'A'.repeat(gs.length)}`, 'bad_signature')
+  // 256 bytes take 342 base64url characters whose last one carries 4 unused bits: 15 other spellings decode alike.
+  const B64U = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  add('signature re-spelt with non-zero unused bits (same bytes)', `${gh}.${gp}.${gs.slice(0, -1)}${B64U[B64U.indexOf(gs.at(-1)!) ^ 1]!}`, 'bad_signature')
   add('signature of another (cached) token', `${gh}.${b64url(JSON.stringify(claims({ sub: 'root' })))}.${gs}`, 'bad_signature')
   add('another header with a cached token\'s signature', `${b64url(JSON.stringify(hdr({ typ: 'at+jwt' })))}.${gp}.${gs}`, 'bad_signature')
   add('same kid signed by another key', signJwt(hdr(), claims(), attackerKey.privateKey), 'bad_signature')
@@ -149,6 +152,22 @@ t.test('hostile token table', async (t) => {
   const ok = await app.inject({ url: '/me', headers: { authorization: `Bearer ${good}` } })
   t.equal(ok.statusCode, 200, 'the next valid token passes')
   t.same(ok.json(), { sub: 'mallory' })
+})
+
+t.test('regression: a signature must be canonical base64url (no re-spelt last character, no ignored trailing character)', async (t) => {
+  // 384 bytes are exactly 512 characters: a 513th is dropped by Buffer's decoder, so it must be refused here.
+  const big = rsaKey({ label: 'hostile-3072', bits: 3072 })
+  const issuer = await startTestIssuer({ keys: [big] })
+  t.teardown(() => issuer.close())
+  const lines: LogLine[] = []
+  const app = await buildApp(issuer, lines)
+  t.teardown(() => app.close())
+  const good = issuer.sign({}, { key: big })
+  const call = async (token: string): Promise<number> => (await app.inject({ url: '/me', headers: { authorization: `Bearer ${token}` } })).statusCode
+  t.equal(await call(good), 200)
+  for (const extra of ['A', 'Q', '_']) t.equal(await call(good + extra), 401, `trailing ${extra}: 401`)
+  t.ok(lines.filter((l) => l.event === 'auth_failure').every((l) => l.reason === 'bad_signature'), 'reason bad_signature')
+  t.equal(await call(good), 200, 'the genuine token still passes')
 })
 
 t.test('1,000 random kids concurrently cause at most one JWKS fetch', async (t) => {
