@@ -102,7 +102,7 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
 
   if (!app.hasRequestDecorator('jwtVerify')) {
     // @fastify/jwt supplies request.user / request.jwtVerify(); its verify path uses the same key maps and pins.
-    await app.register(fastifyJwt, jwtVerifyOptions(options, issuers))
+    await app.register(fastifyJwt, jwtVerifyOptions(options, issuers, tokens))
   }
   await app.register(authorize)
   // Declared up front so every request object keeps one shape.

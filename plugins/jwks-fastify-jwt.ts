@@ -1,11 +1,32 @@
 import type { FastifyJWTOptions } from '@fastify/jwt'
+import type { FastifyRequest } from 'fastify'
 import type { ResolvedOptions } from './auth-options.js'
 import { AuthFailure, httpErrorFor } from './auth-errors.js'
 import { pemOf } from './jwks-keys.js'
 import type { IssuerKeys } from './jwks-refresher.js'
-import type { VerifiedUser } from './jwks-verify.js'
+import { decodeJws, type TokenVerifier, type VerifiedUser } from './jwks-verify.js'
 
 interface Decoded { header: Record<string, unknown>, payload: Record<string, unknown> }
+
+// The same Bearer syntax as the plugin's own hook (RFC 6750 b64token, case-insensitive scheme).
+const BEARER = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
+
+/**
+ * The token for @fastify/jwt, refused with our 401 when it is not a structurally valid JWS: left to
+ * fast-jwt's decoder, a payload that is not a JSON object is an error without a status (a 500).
+ */
+function extractToken (request: FastifyRequest): string {
+  const header = request.headers.authorization
+  if (header === undefined || header === '') throw httpErrorFor('missing')
+  const m = BEARER.exec(header)
+  if (m === null) throw httpErrorFor('malformed')
+  try {
+    decodeJws(m[1]!)
+  } catch (err) {
+    throw httpErrorFor(err instanceof AuthFailure ? err.reason : 'malformed')
+  }
+  return m[1]!
+}
 
 function strings (v: unknown): string[] {
   return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []
@@ -16,7 +37,7 @@ function strings (v: unknown): string[] {
  * cache or reason codes) still only trusts the allowlisted issuers' keys with the pinned algorithms,
  * audiences and required claims. The plugin's hook and `app.authenticate` do not use this path.
  */
-export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string, IssuerKeys>): FastifyJWTOptions {
+export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string, IssuerKeys>, tokens: TokenVerifier): FastifyJWTOptions {
   const algorithms = [...new Set(options.issuers.flatMap((i) => i.algorithms))]
   const audiences = [...new Set(options.issuers.flatMap((i) => i.audiences))]
   async function keyFor ({ header, payload }: Decoded): Promise<string> {
@@ -35,8 +56,12 @@ export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string,
 
   return {
     secret: {
-      public: async (_request: unknown, token: unknown) => {
+      public: async (request: FastifyRequest, token: unknown) => {
         try {
+          // The plugin's full verification first (crit, claim types, nbf/iat, canonical signature...):
+          // fast-jwt alone accepts some of these and answers others with errors that become 500s.
+          const raw = extractToken(request)
+          if (tokens.cached(raw) === undefined) await tokens.verifyUncached(raw)
           return await keyFor(token as Decoded)
         } catch (err) {
           // A rejected key look-up must reach the client as a 401, not as a 500.
@@ -46,6 +71,7 @@ export function jwtVerifyOptions (options: ResolvedOptions, issuers: Map<string,
     },
     decode: { complete: true },
     verify: {
+      extractToken,
       algorithms,
       allowedIss: options.issuers.map((i) => i.issuer),
       allowedAud: audiences,

@@ -4,7 +4,7 @@ import { request as httpRequest } from 'node:http'
 import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
 import metrics from '../plugins/metrics.js'
 import { resolveOptions } from '../plugins/auth-options.js'
-import { rsaKey, signJwt, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+import { b64url, rsaKey, signJwt, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 async function buildApp (issuer: TestIssuer, opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {
   const app = Fastify()
@@ -136,6 +136,42 @@ t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', a
     const res = await app.inject({ url: '/v', headers: { authorization: `Bearer ${token}` } })
     t.equal(res.statusCode, 401, 'jwtVerify refuses it with a 401')
   }
+})
+
+t.test('regression: request.jwtVerify() refuses what the plugin refuses, with a 401 and never a 500', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], global: false })
+  app.get('/v', async (req) => {
+    const user = await req.jwtVerify()
+    return { sub: (user as { sub: string }).sub }
+  })
+  await app.ready()
+  t.teardown(() => app.close())
+  await app.jwksAuth.refresh()
+  const k = issuer.published[0]!
+  const now = Math.floor(Date.now() / 1000)
+  const h = { alg: 'RS256', kid: k.kid }
+  const c = { iss: issuer.url, aud: 'portcullis', sub: 'x', exp: now + 600 }
+  const good = signJwt(h, c, k.privateKey)
+  const B64U = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  const cases: Array<[string, string]> = [
+    ['crit header', signJwt({ ...h, crit: ['foo'], foo: 1 }, c, k.privateKey)], // fast-jwt: 500
+    ['nbf a string', signJwt(h, { ...c, nbf: String(now + 3600) }, k.privateKey)], // 500
+    ['exp a string', signJwt(h, { ...c, exp: String(now + 600) }, k.privateKey)], // 500
+    ['payload a JSON array', signJwt(h, b64url('[1]'), k.privateKey)], // 500
+    ['iat a string', signJwt(h, { ...c, iat: String(now) }, k.privateKey)], // accepted
+    ['iat in the future', signJwt(h, { ...c, iat: now + 3600 }, k.privateKey)], // accepted
+    ['permissions a string', signJwt(h, { ...c, permissions: 'admin:all' }, k.privateKey)], // accepted
+    ['signature re-spelt', `${good.slice(0, -1)}${B64U[B64U.indexOf(good.at(-1)!) ^ 1]!}`] // accepted
+  ]
+  for (const [name, token] of cases) {
+    const res = await app.inject({ url: '/v', headers: { authorization: `Bearer ${token}` } })
+    t.equal(res.statusCode, 401, `${name}: 401`)
+    t.notMatch(res.body, /FAST_JWT|fast-jwt/i, `${name}: no library code or message`)
+  }
+  t.same((await app.inject({ url: '/v', headers: { authorization: `Bearer ${good}` } })).json(), { sub: 'x' }, 'a valid token still passes')
 })
 
 t.test('options are validated at registration with messages naming the option', async (t) => {
