@@ -16,7 +16,7 @@ export interface KeyEntry {
   pem?: string
 }
 
-export type JwkRejection = 'not_object' | 'no_kid' | 'not_rsa' | 'not_sig' | 'bad_alg' | 'bad_material' | 'too_short'
+export type JwkRejection = 'not_object' | 'no_kid' | 'not_rsa' | 'not_sig' | 'bad_alg' | 'bad_material' | 'bad_exponent' | 'too_short'
 
 const MAX_KID_LENGTH = 256
 
@@ -34,6 +34,10 @@ export function parseJwk (jwk: unknown): KeyEntry | JwkRejection {
   if (j.key_ops !== undefined && !(Array.isArray(j.key_ops) && j.key_ops.includes('verify'))) return 'not_sig'
   if (j.alg !== undefined && !(SUPPORTED_ALGORITHMS as readonly unknown[]).includes(j.alg)) return 'bad_alg'
   if (!isB64u(j.n) || !isB64u(j.e)) return 'bad_material'
+  // OpenSSL imports and verifies with e = 1, where the signature is the padded digest itself, so
+  // anyone could sign; an even e is no RSA key either. A trusted issuer never publishes these.
+  const e = BigInt(`0x${Buffer.from(j.e, 'base64url').toString('hex') || '0'}`)
+  if (e < 3n || e % 2n === 0n) return 'bad_exponent'
   let key: KeyObject
   try {
     // Only the public members: a JWK that also carries `d` must not become a private key here.

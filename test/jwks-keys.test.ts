@@ -28,6 +28,16 @@ t.test('parseJwk accepts only RSA signing keys of at least 2048 bits, public mem
   t.equal(parseJwk([k.jwk]), 'not_object')
 })
 
+t.test('regression: a JWK whose public exponent is 1 or even is refused (e = 1 makes the signature the message: anyone forges)', async (t) => {
+  const k = rsaKey({ label: 'keys-a' })
+  t.equal(parseJwk({ ...k.jwk, e: 'AQ' }), 'bad_exponent', 'e = 1')
+  t.equal(parseJwk({ ...k.jwk, e: 'AAAB' }), 'bad_exponent', 'e = 1 with leading zero bytes')
+  t.equal(parseJwk({ ...k.jwk, e: 'AAAA' }), 'bad_exponent', 'e = 0')
+  t.equal(parseJwk({ ...k.jwk, e: 'AQAA' }), 'bad_exponent', 'e even (65536)')
+  t.equal(typeof parseJwk({ ...k.jwk, e: 'Aw' }), 'object', 'e = 3 is a valid (if unusual) exponent')
+  t.equal(typeof parseJwk(k.jwk), 'object', 'e = 65537')
+})
+
 t.test('parseJwks: broken documents are null, duplicate kids are both refused, the count is capped', async (t) => {
   const a = rsaKey({ label: 'keys-a' })
   const b = rsaKey({ label: 'keys-b' })
