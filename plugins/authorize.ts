@@ -80,7 +80,8 @@ function checkRules (rules: unknown, route: string): RouteAuthRules {
 /**
  * Enforces each route's `config.auth` rules by appending a preHandler to the route, so it runs after
  * any authentication preHandler the route declares (`app.authenticate` with `global: false`).
- * Register before the routes it should cover (jwks-auth registers it for you).
+ * Register before the routes it should cover (jwks-auth registers it for you); rules of routes declared
+ * earlier are still enforced, by a preHandler, and never ignored.
  */
 const authorize: FastifyPluginAsync = async (app) => {
   if (app.hasDecorator('portcullisAuthorize')) return
