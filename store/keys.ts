@@ -214,7 +214,11 @@ export class KeyStore {
         await tx.lock(KEYS_LOCK)
         return await this.#applyInTx(tx, decide, held, opts)
       })
-      if (res !== RETRY) return res
+      if (res !== RETRY) {
+        // Logged only now that the transaction committed: a failed COMMIT must leave no line claiming a change.
+        for (const a of res.changes) this.#log?.info({ event: 'key_' + a.op, kid: a.kid, state: a.state, at: new Date(a.at).toISOString() }, `signing key ${a.kid}: ${CHANGE_TEXT[a.op]}`)
+        return res
+      }
       if (attempt >= MAX_ATTEMPTS) throw new KeyInvariantError('the key set kept changing while a new key was generated')
     }
   }
@@ -248,7 +252,6 @@ export class KeyStore {
       }
     }
     if (opts.beforeCommit !== undefined) await opts.beforeCommit()
-    for (const a of applied) this.#log?.info({ event: 'key_' + a.op, kid: a.kid, state: a.state, at: new Date(a.at).toISOString() }, `signing key ${a.kid}: ${CHANGE_TEXT[a.op]}`)
     return { changes: applied, discardedKey: candidate !== undefined && creates === 0, now, keys: after }
   }
 

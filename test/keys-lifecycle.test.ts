@@ -1,11 +1,12 @@
 import t from 'tap'
 import { createLocalJWKSet, jwtVerify, SignJWT } from 'jose'
+import pino from 'pino'
 import { tickDecision } from '../rotation/lifecycle.js'
 import { keySecretsFromList } from '../store/crypto.js'
 import { KEYS_TABLE } from '../store/keys-schema.js'
 import { keyTimingsFromEnv, validateKeyTimings, DEFAULT_KEY_TIMINGS, type KeyTimings } from '../store/key-timings.js'
 import { openKeyStore } from '../store/keys.js'
-import type { Db } from '../store/db.js'
+import type { Db, Tx } from '../store/db.js'
 import { testBackends } from './helpers/backends.js'
 
 /** Short simulated timings (seconds) that satisfy the rules: min pre-publish 36, min retire window 96. */
@@ -153,3 +154,35 @@ for (const b of await testBackends()) {
     t.equal((await ks.list()).filter((k) => k.state === 'active').length, 1)
   })
 }
+
+t.test('a state change is logged only once its transaction committed (regression: lines were written before COMMIT)', async (t) => {
+  const be = await (await testBackends())[0]!.open()
+  t.teardown(be.cleanup)
+  const out: string[] = []
+  const log = pino({ level: 'info' }, { write: (s: string) => { out.push(s) } })
+  const events = (): string[] => out.map((l) => (JSON.parse(l) as { event?: string }).event ?? '').filter((e) => e.startsWith('key_'))
+  // The same store whose COMMIT fails after the transaction's statements ran (a lost connection, a kill).
+  let failCommit = false
+  const db = be.db
+  const flaky: Db = {
+    dialect: db.dialect,
+    description: db.description,
+    query: async (sql, params) => await db.query(sql, params),
+    run: async (sql, params) => await db.run(sql, params),
+    close: async () => await db.close(),
+    transaction: async <R>(fn: (tx: Tx) => Promise<R>): Promise<R> => await db.transaction(async (tx) => {
+      const r = await fn(tx)
+      if (failCommit) throw new Error('commit failed')
+      return r
+    })
+  }
+  const ks = await openKeyStore(flaky, { secrets, now: () => T0, timings: TEST_TIMINGS, log })
+  failCommit = true
+  await t.rejects(ks.apply(tickDecision(TEST_TIMINGS)), /commit failed/)
+  t.same(await ks.list(), [], 'nothing was stored')
+  t.same(events(), [], 'no line claims a change that did not happen')
+  failCommit = false
+  const res = await ks.apply(tickDecision(TEST_TIMINGS))
+  t.same(events(), ['key_create'], 'a committed change is logged')
+  t.equal(out.length > 0 && (JSON.parse(out[0]!) as { kid: string }).kid, res.changes[0]!.kid)
+})
