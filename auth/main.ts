@@ -26,8 +26,10 @@ manage accounts with "portcullis users" and "portcullis clients".
 
 Environment:
 ${AUTH_ENV.map(([name, def, meaning]) => `  ${name.padEnd(24)} ${meaning} (${def})`).join('\n')}
-  ACCESS_TOKEN_TTL         access-token lifetime (15m); with CLOCK_SKEW, KEY_PREPUBLISH,
-                           VERIFIER_CACHE_MAX, SIGNER_PROPAGATION checked as "portcullis rotation" does
+  ACCESS_TOKEN_TTL         access-token lifetime (15m); with CLOCK_SKEW (60s), VERIFIER_CACHE_MAX (300s),
+                           SIGNER_PROPAGATION (5s), KEY_PREPUBLISH (1h), KEY_RETIRE_WINDOW (1h) and
+                           KEY_ROTATION_PERIOD (7d) checked as "portcullis rotation" does (raising
+                           ACCESS_TOKEN_TTL may need a longer KEY_RETIRE_WINDOW)
   DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR   the store (unset DATABASE_URL = SQLite in ./data)
   PORTCULLIS_KEY_SECRETS   key-encryption secrets, comma list (unset: the local secret in the data folder)
   LOG_LEVEL                pino level (info)`

@@ -21,7 +21,7 @@ Commands:
   jwks                       print the public JWKS (pending + active + retired keys)
 
 Reads the same environment as "portcullis rotation" (store, PORTCULLIS_KEY_SECRETS, KEY_SIZE and
-the lifecycle timings); see "portcullis rotation --help".`
+the lifecycle timings); see "portcullis rotation --help". LOG_LEVEL (warn): log lines go to stderr.`
 
 const iso = (ms: number | null): string => (ms === null ? '' : new Date(ms).toISOString())
 

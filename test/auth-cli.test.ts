@@ -7,6 +7,7 @@ import { promisify } from 'node:util'
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import t from 'tap'
 import { keySecretsFromList } from '../store/crypto.js'
+import { KEY_TIMING_ENV } from '../store/key-timings.js'
 import { openKeyStore } from '../store/keys.js'
 import { freePort } from './helpers/ports.js'
 import { testBackends } from './helpers/backends.js'
@@ -143,4 +144,17 @@ t.test('portcullis auth refuses a bad setting with one line naming it', async (t
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
   const help = await portcullis({}, ['auth', '--help'])
   t.match(help.stdout, /AUTH_LOGIN_USER_MAX/)
+})
+
+t.test('help texts list every variable the commands read (regression: auth --help left out KEY_RETIRE_WINDOW and KEY_ROTATION_PERIOD, which it validates)', async (t) => {
+  const auth = (await import('../auth/main.js')).help
+  const rotation = (await import('../rotation/main.js')).help
+  const keys = (await import('../cli/keys.js')).help
+  for (const name of Object.values(KEY_TIMING_ENV)) {
+    t.match(auth, new RegExp(`\\b${name}\\b`), `auth --help names ${name}`)
+    t.match(rotation, new RegExp(`\\b${name}\\b`), `rotation --help names ${name}`)
+  }
+  t.match(keys, /LOG_LEVEL/, 'keys --help names LOG_LEVEL (default warn)')
+  const usage = await portcullis({}, ['--help'])
+  t.match(usage.stdout, /DEBUG=1/, 'the top-level usage names DEBUG (stack traces of failed commands)')
 })
