@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { toPgPlaceholders, type Db, type Param, type Row, type Tx } from './db.js'
+import { isConnectionProblem, StoreUnavailableError } from './db-errors.js'
 
 export const DEFAULT_PG_POOL_SIZE = 10
 
@@ -46,25 +47,46 @@ export class PostgresDb implements Db {
     this.description = redactUrl(url) + (schema !== undefined ? ` (schema ${schema})` : '')
     this.#ready = schema === undefined
       ? Promise.resolve()
-      : this.#pool.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`).then(() => {})
+      : this.#pool.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`).then(() => {}, (err: unknown) => { throw this.#named(err) })
     this.#ready.catch(() => {})
+  }
+
+  /** A failure to reach the server becomes one error naming the store (its password redacted); SQL errors pass unchanged. */
+  #named (err: unknown): unknown {
+    if (!isConnectionProblem(err)) return err
+    const named = new StoreUnavailableError(this.description, (err as Error).message)
+    named.cause = err
+    return named
   }
 
   async query<T extends Row = Row> (sql: string, params: readonly Param[] = []): Promise<T[]> {
     await this.#ready
-    const res = await this.#pool.query(toPgPlaceholders(sql), params as unknown[])
-    return res.rows as T[]
+    try {
+      const res = await this.#pool.query(toPgPlaceholders(sql), params as unknown[])
+      return res.rows as T[]
+    } catch (err) {
+      throw this.#named(err)
+    }
   }
 
   async run (sql: string, params: readonly Param[] = []): Promise<number> {
     await this.#ready
-    const res = await this.#pool.query(toPgPlaceholders(sql), params as unknown[])
-    return res.rowCount ?? 0
+    try {
+      const res = await this.#pool.query(toPgPlaceholders(sql), params as unknown[])
+      return res.rowCount ?? 0
+    } catch (err) {
+      throw this.#named(err)
+    }
   }
 
   async transaction<T> (fn: (tx: Tx) => Promise<T>): Promise<T> {
     await this.#ready
-    const client = await this.#pool.connect()
+    let client: pg.PoolClient
+    try {
+      client = await this.#pool.connect()
+    } catch (err) {
+      throw this.#named(err)
+    }
     const tx: Tx = {
       dialect: 'postgres',
       query: async <R extends Row = Row>(sql: string, params: readonly Param[] = []) =>

@@ -1,7 +1,8 @@
 import t from 'tap'
 import { toPgPlaceholders } from '../store/db.js'
-import { migrate } from '../store/index.js'
-import { testBackends } from './helpers/backends.js'
+import { migrate, openDb } from '../store/index.js'
+import { postgresReachable, TEST_DATABASE_URL, testBackends } from './helpers/backends.js'
+import { freePort } from './helpers/ports.js'
 
 t.test('toPgPlaceholders numbers ? outside quotes only', async (t) => {
   t.equal(toPgPlaceholders("SELECT ? , '?' , ?"), "SELECT $1 , '?' , $2")
@@ -44,3 +45,25 @@ for (const b of await testBackends()) {
     await t.rejects(migrate(db, [{ name: 'demo', migrations: [] }]), /newer than this build/)
   })
 }
+
+t.test('an unreachable PostgreSQL store is named in the error (regression: a bare "connect ECONNREFUSED" said nothing about DATABASE_URL)', async (t) => {
+  const port = await freePort()
+  const db = openDb({ databaseUrl: `postgres://portcullis:hunter2hunter2@127.0.0.1:${port}/test` })
+  t.teardown(() => db.close())
+  const expected = { code: 'PORTCULLIS_STORE_UNAVAILABLE', message: new RegExp(`^cannot reach the PostgreSQL store \\(DATABASE_URL\\) postgres://portcullis:\\*\\*\\*@127\\.0\\.0\\.1:${port}/test: connect ECONNREFUSED`) }
+  await t.rejects(db.query('SELECT 1'), expected, 'query')
+  await t.rejects(db.run('SELECT 1'), expected, 'run')
+  await t.rejects(db.transaction(async () => 1), expected, 'transaction')
+  const err = await db.query('SELECT 1').catch((e: Error) => e)
+  t.notMatch(String((err as Error).message), /hunter2/, 'no password in the message')
+})
+
+const pgSkip = await postgresReachable() ? false : `PostgreSQL not reachable at ${TEST_DATABASE_URL}`
+t.test('a PostgreSQL database that does not exist is named too; SQL errors are not rewritten', { skip: pgSkip }, async (t) => {
+  const missing = openDb({ databaseUrl: TEST_DATABASE_URL.replace(/\/[^/]*$/, '/portcullis_no_such_db') })
+  t.teardown(() => missing.close())
+  await t.rejects(missing.query('SELECT 1'), { code: 'PORTCULLIS_STORE_UNAVAILABLE', message: /portcullis_no_such_db.*does not exist/ })
+  const db = openDb({ databaseUrl: TEST_DATABASE_URL })
+  t.teardown(() => db.close())
+  await t.rejects(db.query('SELECT * FROM portcullis_no_such_table'), { code: '42P01' })
+})
