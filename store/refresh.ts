@@ -109,11 +109,21 @@ export class RefreshStore {
     return { token, familyId, subject, expiresAt }
   }
 
+  /** The subject of a token's family (live or not), or null for an unknown token. Changes nothing. */
+  async subjectOf (token: string): Promise<string | null> {
+    const rows = await this.#db.query<{ subject: string }>(
+      'SELECT f.subject FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = ?',
+      [hashRefreshToken(token)])
+    return rows[0]?.subject ?? null
+  }
+
   /**
    * Exchanges a token for the next one of its family, in one transaction. A token already used
    * (including by a concurrent request that won the race) revokes the family: `reason: 'reused'`.
+   * `beforeCommit` runs inside the transaction once the exchange is decided (it must not use the
+   * store); if it throws, nothing is spent and the error propagates, so the caller can retry.
    */
-  async rotate (token: string): Promise<RotateResult> {
+  async rotate (token: string, beforeCommit?: (next: { familyId: string, subject: string }) => void): Promise<RotateResult> {
     const hash = hashRefreshToken(token)
     return await this.#db.transaction(async (tx): Promise<RotateResult> => {
       const now = this.#now()
@@ -139,6 +149,7 @@ export class RefreshStore {
       const expiresAt = Math.min(now + this.idleTtl * 1000, Number(row.expires_at))
       await tx.run('INSERT INTO refresh_tokens (token_hash, family_id, created_at, idle_expires_at) VALUES (?, ?, ?, ?)',
         [hashRefreshToken(next), row.family_id, now, expiresAt])
+      beforeCommit?.(ids)
       return { ok: true, token: next, expiresAt, ...ids }
     })
   }

@@ -1,5 +1,6 @@
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose'
 import t from 'tap'
+import { NoSigningKeyError } from '../auth/errors.js'
 import { authFixture, type AuthFixture } from './helpers/auth-fixture.js'
 import { testBackends } from './helpers/backends.js'
 
@@ -119,5 +120,26 @@ for (const backend of await testBackends()) {
       t.notOk(rows.some((r) => r.token_hash === pair.refresh_token), 'the token itself is nowhere in the table')
       t.ok(rows.every((r) => /^[0-9a-f]{64}$/.test(r.token_hash)))
     })
+  })
+}
+
+for (const backend of await testBackends()) {
+  t.test(`${backend.name}: a refresh that fails after the token was checked does not spend it (regression: the retry was taken for re-use and revoked the family)`, { skip: backend.skip }, async (t) => {
+    const b = await backend.open()
+    const f = await authFixture(b)
+    t.teardown(async () => { await f.service.close(); await b.cleanup() })
+    await f.users.add({ username: 'carol', password: 'carol password' })
+    const first = await login(f)
+    // The signer loses its key between the readiness check and the signature (a store outage, a revoke).
+    const signer = f.service.signer
+    signer.sign = () => { throw new NoSigningKeyError() }
+    const failed = await post(f, '/auth/refresh', { refresh_token: first.refresh_token })
+    t.equal(failed.statusCode, 503)
+    t.equal(failed.body.error, 'temporarily_unavailable')
+    delete (signer as Partial<Pick<typeof signer, 'sign'>>).sign
+    const retry = await post(f, '/auth/refresh', { refresh_token: first.refresh_token })
+    t.equal(retry.statusCode, 200, 'the retry with the same token succeeds')
+    t.notOk(f.logs.some((l) => l.event === 'refresh_token_reuse'), 'no false re-use alarm')
+    t.equal((await post(f, '/auth/refresh', { refresh_token: (retry.body as Pair).refresh_token })).statusCode, 200, 'the family lives on')
   })
 }

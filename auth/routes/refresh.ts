@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import type { RotateFailure } from '../../store/refresh.js'
-import { issueAccessToken, noStore, type AuthContext } from '../context.js'
+import { issueAccessToken, noStore, type AuthContext, type IssuedAccessToken } from '../context.js'
 import { InvalidRefreshTokenError, NoSigningKeyError } from '../errors.js'
 import { refreshBody, type RefreshBody } from './schemas.js'
 
@@ -18,7 +18,15 @@ export interface TokenPair {
  */
 export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyRequest, token: string): Promise<TokenPair | RotateFailure> {
   if (!ctx.signer.ready) throw new NoSigningKeyError()
-  const r = await ctx.refresh.rotate(token)
+  // The user is read first and the access token signed inside the rotation's transaction: a failure
+  // (no usable key, a store error) leaves the presented token unspent, so the client's retry is not
+  // mistaken for re-use (which would revoke the family).
+  const subject = await ctx.refresh.subjectOf(token)
+  const user = subject !== null ? await ctx.users.getById(subject) : null
+  let access: IssuedAccessToken | undefined
+  const r = await ctx.refresh.rotate(token, (next) => {
+    if (user !== null && next.subject === user.id) access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions })
+  })
   if (!r.ok) {
     if (r.reason === 'reused') {
       ctx.metrics.refreshReuse.inc()
@@ -29,12 +37,10 @@ export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyReques
     }
     return r.reason
   }
-  const user = await ctx.users.getById(r.subject)
-  if (user === null) {
+  if (user === null || access === undefined) {
     await ctx.refresh.revoke(r.token, 'subject_removed')
     return 'revoked'
   }
-  const access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions })
   ctx.metrics.tokensIssued.inc({ grant: 'refresh_token' })
   req.log.info({ event: 'auth_success', grant: 'refresh_token', sub: user.id, kid: access.kid, ip: req.ip }, 'refresh')
   return { access_token: access.accessToken, token_type: 'Bearer', expires_in: access.expiresIn, refresh_token: r.token }
