@@ -47,7 +47,13 @@ export class PostgresDb implements Db {
     this.description = redactUrl(url) + (schema !== undefined ? ` (schema ${schema})` : '')
     this.#ready = schema === undefined
       ? Promise.resolve()
-      : this.#pool.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`).then(() => {}, (err: unknown) => { throw this.#named(err) })
+      : this.#pool.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`).then(() => {}, (err: unknown) => {
+        // Two processes creating the same new schema at once: IF NOT EXISTS does not cover the race,
+        // the loser gets a unique violation (pg_namespace) or duplicate_schema, and the schema exists.
+        const code = (err as { code?: unknown }).code
+        if (code === '23505' || code === '42P06') return
+        throw this.#named(err)
+      })
     this.#ready.catch(() => {})
   }
 

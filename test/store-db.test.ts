@@ -67,3 +67,16 @@ t.test('a PostgreSQL database that does not exist is named too; SQL errors are n
   t.teardown(() => db.close())
   await t.rejects(db.query('SELECT * FROM portcullis_no_such_table'), { code: '42P01' })
 })
+
+t.test('several processes opening a new PostgreSQL schema at once all start (regression: CREATE SCHEMA IF NOT EXISTS raced into a unique violation)', { skip: pgSkip }, async (t) => {
+  const schema = `t_race_${process.pid}_${Date.now() % 1e6}`
+  const dbs = Array.from({ length: 8 }, () => openDb({ databaseUrl: TEST_DATABASE_URL, pgSchema: schema, pgPoolSize: 1 }))
+  t.teardown(async () => {
+    await Promise.all(dbs.map((d) => d.close()))
+    const c = openDb({ databaseUrl: TEST_DATABASE_URL })
+    await c.run(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+    await c.close()
+  })
+  const results = await Promise.allSettled(dbs.map((d) => d.query<{ one: number }>('SELECT 1 AS one')))
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every one started')
+})
