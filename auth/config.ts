@@ -62,7 +62,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
   ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable = logins answer 503'],
   ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
-  ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes'],
+  ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
   ['PASSWORD_SCRYPT_P', '1', 'scrypt parallelization for new hashes']
 ]
 

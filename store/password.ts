@@ -23,6 +23,9 @@ export const SALT_LENGTH = 16
 const MAX_N = 1 << 20
 const MAX_R = 32
 const MAX_P = 16
+/** scrypt needs 128 * N * r bytes; each bound alone would still allow 4 GiB (N = 2^20, r = 32). */
+const MAX_MEMORY_MIB = 1024
+const memoryMib = (N: number, r: number): number => (128 * N * r) / (1024 * 1024)
 
 export type ScryptFn = (password: Buffer, salt: Buffer, keyLength: number, options: ScryptOptions) => Promise<Buffer>
 
@@ -41,6 +44,7 @@ function checkParams (p: ScryptParams): string | undefined {
   if (!isPowerOfTwo(p.N) || p.N > MAX_N) return `N must be a power of two between 2 and ${MAX_N}`
   if (!Number.isInteger(p.r) || p.r < 1 || p.r > MAX_R) return `r must be an integer between 1 and ${MAX_R}`
   if (!Number.isInteger(p.p) || p.p < 1 || p.p > MAX_P) return `p must be an integer between 1 and ${MAX_P}`
+  if (memoryMib(p.N, p.r) > MAX_MEMORY_MIB) return `128 * N * r is ${memoryMib(p.N, p.r)} MiB, more than ${MAX_MEMORY_MIB} MiB`
   return undefined
 }
 
@@ -50,6 +54,9 @@ export function scryptParamsFromEnv (env: Env): ScryptParams {
   if (!isPowerOfTwo(N)) throw new ConfigError('PASSWORD_SCRYPT_N', `must be a power of two, got ${N}`)
   const r = envInt(env, 'PASSWORD_SCRYPT_R', DEFAULT_SCRYPT_PARAMS.r, { min: 1, max: MAX_R })
   const p = envInt(env, 'PASSWORD_SCRYPT_P', DEFAULT_SCRYPT_PARAMS.p, { min: 1, max: MAX_P })
+  if (memoryMib(N, r) > MAX_MEMORY_MIB) {
+    throw new ConfigError('PASSWORD_SCRYPT_R', `128 * PASSWORD_SCRYPT_N * PASSWORD_SCRYPT_R bytes is ${memoryMib(N, r)} MiB per hash, more than ${MAX_MEMORY_MIB} MiB; lower one of them`)
+  }
   return { N, r, p }
 }
 

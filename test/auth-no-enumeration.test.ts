@@ -1,6 +1,6 @@
 import { scrypt as scryptCb, type ScryptOptions } from 'node:crypto'
 import t from 'tap'
-import { PasswordHasher, type ScryptFn } from '../store/password.js'
+import { PasswordHasher, scryptParamsFromEnv, type ScryptFn } from '../store/password.js'
 import { authFixture } from './helpers/auth-fixture.js'
 import { testBackends } from './helpers/backends.js'
 
@@ -60,4 +60,16 @@ t.test('hashes carry their parameters; older ones still verify and are upgraded 
   t.throws(() => new PasswordHasher({ params: { N: 1000, r: 8, p: 1 } }), /power of two/)
   const hostile = 'scrypt$1073741824$8$1$AAAAAAAAAAAAAAAAAAAAAA$' + 'A'.repeat(43)
   t.same(await current.verify('x', hostile), { ok: false, needsRehash: false }, 'absurd stored parameters are not run')
+})
+
+t.test('scrypt memory is bounded as a whole, not per parameter (regression: N = 2^20 with r = 32 asked for 4 GiB per hash)', async (t) => {
+  t.throws(() => scryptParamsFromEnv({ PASSWORD_SCRYPT_N: '1048576', PASSWORD_SCRYPT_R: '32' }),
+    /Invalid configuration: PASSWORD_SCRYPT_R: .*128 \* PASSWORD_SCRYPT_N \* PASSWORD_SCRYPT_R .* 4096 MiB.*1024 MiB/, 'refused at boot, naming the settings')
+  t.same(scryptParamsFromEnv({ PASSWORD_SCRYPT_N: '1048576', PASSWORD_SCRYPT_R: '8' }), { N: 1048576, r: 8, p: 1 }, '1 GiB is allowed')
+  t.throws(() => new PasswordHasher({ params: { N: 1 << 20, r: 32, p: 1 } }), /1024 MiB/)
+  const seen: number[] = []
+  const counting = new PasswordHasher({ params: { N: 1024, r: 8, p: 1 }, scrypt: async (_pw, _salt, len, o) => { seen.push(o.N!, o.r!); return Buffer.alloc(len) } })
+  const hostile = 'scrypt$1048576$32$1$AAAAAAAAAAAAAAAAAAAAAA$' + 'A'.repeat(43)
+  t.same(await counting.verify('x', hostile), { ok: false, needsRehash: false })
+  t.same(seen, [1024, 8], 'a stored hash past the bound is not run; the dummy work (current parameters) is')
 })
