@@ -50,6 +50,7 @@ export class Signer {
   #timer: NodeJS.Timeout | undefined
   #inflight: Promise<void> | undefined
   #stopped = false
+  #lastError: unknown
 
   constructor (opts: SignerOptions) {
     this.#opts = opts
@@ -59,7 +60,11 @@ export class Signer {
   /** Reads the store once (failing if it cannot), then keeps polling. */
   async start (): Promise<void> {
     await this.refresh()
-    if (this.#loadedAt === -Infinity) throw new Error('signer: could not read the key store')
+    if (this.#loadedAt === -Infinity) {
+      // The boot's one-line error says why (a wrong secret, an unreachable store), not only that it failed.
+      const why = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : ''
+      throw new Error(`signer: could not read the key store${why}`)
+    }
     if (this.#stopped) return
     this.#timer = setInterval(() => { this.refresh().catch(() => {}) }, this.#opts.pollInterval)
     this.#timer.unref()
@@ -107,6 +112,7 @@ export class Signer {
         this.#opts.onKeyChange?.(next?.kid ?? null)
       }
     } catch (err) {
+      this.#lastError = err
       this.#opts.log.error({ err }, 'could not read the key store')
       this.#opts.onRefreshError?.(err)
     }

@@ -107,3 +107,13 @@ t.test('start fails when the store cannot be read at all', async (t) => {
   await t.rejects(signer.start(), /could not read the key store/)
   signer.stop()
 })
+
+t.test('a failed start names the reason (regression: "could not read the key store" alone hid a wrong PORTCULLIS_KEY_SECRETS)', async (t) => {
+  const keys: KeySource = {
+    activeSigningKey: async () => { throw new Error('cannot decrypt private key K1: sealed with secret id abc') },
+    publicJwks: async () => ({ keys: [] })
+  }
+  const signer = new Signer({ keys, pollInterval: 1000, maxStaleness: 5000, log })
+  await t.rejects(signer.start(), { message: 'signer: could not read the key store: cannot decrypt private key K1: sealed with secret id abc' })
+  signer.stop()
+})
