@@ -63,7 +63,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable = logins answer 503'],
   ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
   ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
-  ['PASSWORD_SCRYPT_P', '1', 'scrypt parallelization for new hashes']
+  ['PASSWORD_SCRYPT_P', '3', 'scrypt parallelization for new hashes (N=2^15, r=8, p=3 is an OWASP-recommended setting)']
 ]
 
 function trustProxyFromEnv (env: Env): boolean | string[] {

@@ -87,7 +87,7 @@ console.log(`raw crypto.sign RSA-2048 (${input.length}-byte input): ${perSec(raw
 console.log(`issueAccessToken (claims, JSON, base64url, sign): ${perSec(oursMs)}  ratio ${issueRatio.toFixed(3)}x raw (median of ${ROUNDS} rounds; target >= 0.85x)`)
 console.log(`POST /oauth/token client_credentials (inject, SQLite): ${perSec(httpMs)}  ratio ${httpRatio.toFixed(3)}x raw`)
 
-// Logins: scrypt N=2^15 r=8 p=1 runs in libuv's pool (4 threads), so concurrent logins overlap.
+// Logins: scrypt N=2^15 r=8 p=3 (the defaults) runs in libuv's pool (4 threads), so concurrent logins overlap.
 // Interleaved with the same amount of raw scrypt work at the same concurrency.
 await users.add({ username: 'bench', password: 'bench password' })
 const CONCURRENCY = 4

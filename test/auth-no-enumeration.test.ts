@@ -65,7 +65,7 @@ t.test('hashes carry their parameters; older ones still verify and are upgraded 
 t.test('scrypt memory is bounded as a whole, not per parameter (regression: N = 2^20 with r = 32 asked for 4 GiB per hash)', async (t) => {
   t.throws(() => scryptParamsFromEnv({ PASSWORD_SCRYPT_N: '1048576', PASSWORD_SCRYPT_R: '32' }),
     /Invalid configuration: PASSWORD_SCRYPT_R: .*128 \* PASSWORD_SCRYPT_N \* PASSWORD_SCRYPT_R .* 4096 MiB.*1024 MiB/, 'refused at boot, naming the settings')
-  t.same(scryptParamsFromEnv({ PASSWORD_SCRYPT_N: '1048576', PASSWORD_SCRYPT_R: '8' }), { N: 1048576, r: 8, p: 1 }, '1 GiB is allowed')
+  t.same(scryptParamsFromEnv({ PASSWORD_SCRYPT_N: '1048576', PASSWORD_SCRYPT_R: '8' }), { N: 1048576, r: 8, p: 3 }, '1 GiB is allowed (p defaults to 3)')
   t.throws(() => new PasswordHasher({ params: { N: 1 << 20, r: 32, p: 1 } }), /1024 MiB/)
   const seen: number[] = []
   const counting = new PasswordHasher({ params: { N: 1024, r: 8, p: 1 }, scrypt: async (_pw, _salt, len, o) => { seen.push(o.N!, o.r!); return Buffer.alloc(len) } })
