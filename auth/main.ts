@@ -1,3 +1,4 @@
+import { listenOn } from '../lib/listen.js'
 import pino from 'pino'
 import { envEnum } from '../lib/env.js'
 import { UsageError } from '../lib/errors.js'
@@ -60,8 +61,8 @@ export async function run (argv: string[]): Promise<number> {
       process.once('SIGTERM', () => onSignal('SIGTERM'))
       process.once('SIGINT', () => onSignal('SIGINT'))
     })
-    await service.app.listen({ host: config.host, port: config.port })
-    await service.admin.listen({ host: config.host, port: config.adminPort })
+    await listenOn(service.app, config.host, config.port, 'AUTH_PORT')
+    await listenOn(service.admin, config.host, config.adminPort, 'AUTH_ADMIN_PORT')
     log.info({ event: 'start', store: db.description, issuer: config.issuer, kid: service.signer.kid, secrets: secrets.source }, 'auth service ready')
     if (service.signer.kid === null) log.warn('no active signing key yet: token requests answer 503 until one is activated (portcullis rotation / keys rotate)')
     const sig = await stopped

@@ -1,3 +1,4 @@
+import { listenOn } from '../lib/listen.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import { loggerOptions } from '../lib/logger.js'
@@ -48,7 +49,7 @@ function parseArgs (argv: string[]): { once: boolean } {
 async function metricsServer (cfg: RotationConfig, registry: promClient.Registry, ready: () => boolean | string, log: Logger): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
   await app.register(admin, { registries: [registry], ready })
-  await app.listen({ host: cfg.metricsHost, port: cfg.metricsPort })
+  await listenOn(app, cfg.metricsHost, cfg.metricsPort, 'ROTATION_METRICS_PORT')
   const addr = app.server.address()
   log.info({ event: 'metrics_listening', host: cfg.metricsHost, port: typeof addr === 'object' && addr !== null ? addr.port : cfg.metricsPort }, 'rotation metrics listening')
   return app

@@ -60,7 +60,6 @@ export class SqliteDb implements Db {
   transaction<T> (fn: (tx: Tx) => Promise<T>): Promise<T> {
     const next = this.#queue.catch(() => {}).then(async () => {
       this.#inTx = true
-      this.#db.exec('BEGIN IMMEDIATE')
       const tx: Tx = {
         dialect: 'sqlite',
         query: async <R extends Row = Row>(sql: string, params: readonly Param[] = []) => this.#exec<R>(sql, params),
@@ -68,6 +67,8 @@ export class SqliteDb implements Db {
         lock: async () => {}
       }
       try {
+        // Inside the try: a BEGIN that times out (SQLITE_BUSY) must still clear the in-transaction flag.
+        this.#db.exec('BEGIN IMMEDIATE')
         const result = await fn(tx)
         this.#db.exec('COMMIT')
         return result
