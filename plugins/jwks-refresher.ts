@@ -5,6 +5,27 @@ import { parseJwks, type KeyEntry } from './jwks-keys.js'
 
 /** Largest JWKS body read; a real one is a few KB. */
 const MAX_JWKS_BYTES = 256 * 1024
+
+class BodyTooLarge extends Error {}
+
+/** Reads a response body as text, giving up (and cancelling the stream) past `max` bytes. */
+async function readLimited (res: Response, max: number): Promise<string> {
+  if (res.body === null) return ''
+  const reader = res.body.getReader()
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    size += value.byteLength
+    if (size > max) {
+      await reader.cancel().catch(() => {})
+      throw new BodyTooLarge()
+    }
+    chunks.push(value)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
 /** Removed kids remembered (oldest forgotten first), each for an hour: longer than an access token lives. */
 const MAX_REMEMBERED_REMOVED = 1000
 const REMOVED_KID_MEMORY_MS = 3600_000
@@ -110,8 +131,9 @@ export class IssuerKeys {
     try {
       const signal = AbortSignal.any([AbortSignal.timeout(options.fetchTimeoutMs), this.#closing.signal])
       res = await fetch(this.config.jwksUri, { headers, redirect: 'error', signal })
-      text = await res.text()
+      text = await readLimited(res, MAX_JWKS_BYTES)
     } catch (err) {
+      if (err instanceof BodyTooLarge) return this.#failed(false, 'JWKS body too large')
       return this.#failed(true, describe(err))
     }
     if (res.status === 304 && this.#etag !== undefined) {
@@ -122,7 +144,6 @@ export class IssuerKeys {
     // Stale keys are a bridge over an outage (network, 5xx), not over an issuer that answers wrongly.
     if (res.status >= 500) return this.#failed(true, `HTTP ${res.status}`)
     if (res.status !== 200) return this.#failed(false, `HTTP ${res.status}`)
-    if (text.length > MAX_JWKS_BYTES) return this.#failed(false, 'JWKS body too large')
     let body: unknown
     try {
       body = JSON.parse(text)

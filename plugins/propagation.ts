@@ -188,7 +188,11 @@ export function createServiceClient (baseUrl: string, opts: ServiceClientOptions
     }
   }
 
-  async function request<T> (req: ServiceRequest): Promise<ServiceResponse<T>> {
+  async function request<T> (input: ServiceRequest): Promise<ServiceResponse<T>> {
+    // Header names are case-insensitive: `Authorization` set by the caller must count as set.
+    const req: ServiceRequest = input.headers === undefined
+      ? input
+      : { ...input, headers: Object.fromEntries(Object.entries(input.headers).map(([k, v]) => [k.toLowerCase(), v])) }
     if (storage.getStore() !== undefined || opts.serviceToken === undefined || req.headers?.authorization !== undefined) {
       return await once<T>(req, undefined)
     }

@@ -84,3 +84,33 @@ t.test('requiredClaims and clockTolerance', async (t) => {
   t.equal((await call(app, lines, issuer.sign({ role: 'user', nbf: now + 15 }, { now }))).status, 200, 'nbf 9 s ahead (after +6 s) is within tolerance')
   t.same(await call(app, lines, issuer.sign({ role: 'user', nbf: now + 30 }, { now })), { status: 401, reason: 'not_yet_valid' })
 })
+
+t.test('an endless JWKS body is cut off at the size limit: no keys, no unbounded buffering', async (t) => {
+  const { createServer } = await import('node:http')
+  let sent = 0
+  const srv = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.write('{"keys":[')
+    const chunk = Buffer.alloc(64 * 1024, 0x20) // whitespace, valid inside a JSON array
+    const pump = (): void => {
+      // Stop after 64 MiB at most: the client is expected to hang up long before that.
+      let ok = true
+      while (ok && sent < 64 * 1024 * 1024) {
+        ok = res.write(chunk)
+        sent += chunk.length
+      }
+      if (sent < 64 * 1024 * 1024) res.once('drain', pump)
+      else res.end(']}')
+    }
+    pump()
+  })
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { srv.closeAllConnections(); srv.close(() => resolve()) }))
+  const port = (srv.address() as { port: number }).port
+  const issuer = `http://127.0.0.1:${port}`
+  const lines: LogLine[] = []
+  const app = await build({ issuers: [{ issuer, audience: 'portcullis' }] }, lines)
+  t.teardown(() => app.close())
+  t.notOk(app.jwksAuth.isReady(), 'an oversize JWKS is not a usable key set')
+  t.ok(sent < 8 * 1024 * 1024, `the server was cut off early (${sent} bytes sent)`)
+})

@@ -122,6 +122,21 @@ t.test('background calls use the service token; request calls never do', async (
   t.same(await backgroundSeen, { authorization: 'Bearer svc-1', requestId: null }, 'runInBackground: the service token')
 })
 
+t.test('a background call with its own Authorization header (any casing) sends only that one', async (t) => {
+  let seen: string[] = []
+  const up = await upstream(t, (req, res) => {
+    // rawHeaders: Node keeps only the first of duplicated Authorization headers in req.headers.
+    seen = req.rawHeaders.flatMap((v, i) => i % 2 === 1 && req.rawHeaders[i - 1]!.toLowerCase() === 'authorization' ? [v] : [])
+    res.end()
+  })
+  const tokens = fakeTokens()
+  const client = createServiceClient(up, { serviceToken: tokens })
+  t.teardown(() => client.close())
+  const res = await client.request({ path: '/job', headers: { Authorization: 'Bearer explicit' } })
+  t.equal(res.status, 200)
+  t.same(seen, ['Bearer explicit'], 'one Authorization header, the caller\'s own; no service token added')
+})
+
 t.test('a background call refused with 401 renews the service token and retries once', async (t) => {
   let calls = 0
   const up = await upstream(t, (req, res) => {
