@@ -112,5 +112,5 @@ t.test('an endless JWKS body is cut off at the size limit: no keys, no unbounded
   const app = await build({ issuers: [{ issuer, audience: 'portcullis' }] }, lines)
   t.teardown(() => app.close())
   t.notOk(app.jwksAuth.isReady(), 'an oversize JWKS is not a usable key set')
-  t.ok(sent < 8 * 1024 * 1024, `the server was cut off early (${sent} bytes sent)`)
+  t.ok(sent < 32 * 1024 * 1024, `the server was cut off early (kernel socket buffers aside) (${sent} bytes sent)`)
 })
