@@ -3,6 +3,7 @@ import { Writable } from 'node:stream'
 import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
+import { startTestIssuer } from './helpers/issuer.js'
 
 async function start (t: Test, routes: (a: EchoUpstream, b: EchoUpstream) => unknown[], extra: Record<string, unknown> = {}): Promise<{ gw: Gateway, base: string, a: EchoUpstream, b: EchoUpstream }> {
   const a = await echoUpstream('a')
@@ -145,4 +146,36 @@ t.test('one access-log line per request with the request id; secrets redacted', 
   t.equal(probe.token, '[redacted]')
   t.equal(probe.password, '[redacted]')
   t.notMatch(JSON.stringify(lines), /secret-token/, 'the token never reaches a log line')
+})
+
+t.test('an authenticated request logs one info line (the access line, with sub); auth_success is debug, auth_failure info', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write (chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      cb()
+    }
+  })
+  const issuer = await startTestIssuer()
+  const up = await echoUpstream()
+  const config = parseGatewayConfig({ issuers: [{ issuer: issuer.url, audience: 'portcullis' }], routes: [{ prefix: '/a', upstream: up.url }] }, 'test')
+  const info = await buildGateway({ config, logger: gatewayLogger('info', sink) })
+  t.teardown(async () => { await info.close(); await up.close(); await issuer.close() })
+  await info.app.ready()
+  await info.app.jwksAuth.refresh()
+  const token = issuer.sign({ sub: 'carol' })
+  t.equal((await info.app.inject({ url: '/a/x', headers: { authorization: `Bearer ${token}` } })).statusCode, 200)
+  t.equal(lines.length, 1, 'one line for an authenticated request')
+  t.match(lines[0], { msg: 'request completed', sub: 'carol', route: '/a/*', statusCode: 200 })
+  lines.length = 0
+  t.equal((await info.app.inject({ url: '/a/x', headers: { authorization: `Bearer ${token}x` } })).statusCode, 401)
+  t.match(lines.find((l) => l.event === 'auth_failure'), { reason: 'bad_signature', level: 30 })
+
+  lines.length = 0
+  const debug = await buildGateway({ config, logger: gatewayLogger('debug', sink) })
+  t.teardown(() => debug.close())
+  await debug.app.ready()
+  await debug.app.jwksAuth.refresh()
+  await debug.app.inject({ url: '/a/x', headers: { authorization: `Bearer ${token}` } })
+  t.match(lines.find((l) => l.event === 'auth_success'), { sub: 'carol', level: 20 }, 'still available at debug')
 })

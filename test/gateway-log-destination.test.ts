@@ -1,0 +1,48 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { BatchedDestination } from '../gateway/log-destination.js'
+
+t.test('lines are held until a batch is full or flushed, then written in order', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-logdest-'))
+  const file = join(dir, 'out.log')
+  const fd = openSync(file, 'w')
+  const dest = new BatchedDestination({ fd, batch: 100, flushInterval: 60_000 })
+  t.teardown(() => { dest.close(); closeSync(fd); rmSync(dir, { recursive: true, force: true }) })
+  dest.write('{"n":1}\n')
+  dest.write('{"n":2}\n')
+  t.equal(readFileSync(file, 'utf8'), '', 'held below the batch size')
+  dest.write(`{"n":3,"pad":"${'x'.repeat(100)}"}\n`)
+  t.equal(readFileSync(file, 'utf8').split('\n').length, 4, 'a full batch is written at once')
+  dest.write('{"n":4,"s":"ü✓"}\n')
+  let called = false
+  dest.flush(() => { called = true })
+  t.ok(called, 'pino\'s flush callback runs')
+  const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { n: number, s?: string })
+  t.same(lines.map((l) => l.n), [1, 2, 3, 4])
+  t.equal(lines[3]!.s, 'ü✓', 'UTF-8 intact')
+})
+
+t.test('a full buffer drops and counts lines instead of growing without bound', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-logdest-'))
+  const fd = openSync(join(dir, 'out.log'), 'w')
+  const dest = new BatchedDestination({ fd, batch: 1_000_000, maxPending: 20, flushInterval: 60_000 })
+  t.teardown(() => { dest.close(); closeSync(fd); rmSync(dir, { recursive: true, force: true }) })
+  dest.write('0123456789\n')
+  dest.write('0123456789\n')
+  t.equal(dest.dropped, 1)
+})
+
+t.test('lines still pending are written when the process exits', async (t) => {
+  const mod = fileURLToPath(new URL('../gateway/log-destination.ts', import.meta.url))
+  const script = `import { BatchedDestination } from ${JSON.stringify(mod)}
+const d = new BatchedDestination({ flushInterval: 60000 })
+d.write('{"msg":"last words"}\\n')
+process.exit(0)`
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  t.equal(r.stdout, '{"msg":"last words"}\n')
+})
