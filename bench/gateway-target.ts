@@ -1,17 +1,25 @@
 import { createServer } from 'node:http'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import Fastify from 'fastify'
 import httpProxy from '@fastify/http-proxy'
-import { buildGateway, gatewayLogger } from '../gateway/server.js'
-import { parseGatewayConfig } from '../gateway/config.js'
+import { createGateway, settingsFromEnv } from '../gateway/main.js'
+import { MEMORY_TUNING_FLAGS } from '../gateway/tuning.js'
+import { jwksTimingsFromEnv } from '../lib/jwks-env.js'
 
 /**
  * One process under test for bench/gateway.bench.ts, started as a child with an IPC channel:
  *   upstream                 a tiny JSON server
  *   bare <upstream>          Fastify + one @fastify/http-proxy registration, nothing else
- *   gateway <upstream> <iss> the full gateway; BENCH_FEATURES switches parts off, BENCH_TOKEN_CACHE=0 disables the verified-token cache
- * Sends { port } when listening. Its stdout (the info logs) goes to /dev/null.
+ *   gateway <upstream> <iss> the full gateway, built by `createGateway` from env settings and a route
+ *                            file exactly as `portcullis gateway` does (V8 memory tuning and logger
+ *                            included); BENCH_FEATURES switches parts off (`logs` = LOG_LEVEL warn),
+ *                            BENCH_TOKEN_CACHE=0 disables the verified-token cache
+ * Sends { port, v8 } when listening (v8: the flags in effect). Its stdout (the info logs) goes to /dev/null.
  */
 const [mode, upstream, issuer] = process.argv.slice(2)
+let v8Flags: string[] = process.execArgv
 
 async function main (): Promise<number> {
   if (mode === 'upstream') {
@@ -31,16 +39,21 @@ async function main (): Promise<number> {
     return (app.server.address() as { port: number }).port
   }
   const off = new Set((process.env.BENCH_FEATURES ?? '').split(',').filter((s) => s !== ''))
-  const gw = await buildGateway({
-    config: parseGatewayConfig({
-      issuers: [{ issuer: issuer!, audience: 'portcullis' }],
-      rateLimit: { max: 1_000_000_000, timeWindow: '1m' },
-      routes: [{ prefix: '/api', upstream: upstream! }]
-    }, 'bench'),
-    logger: gatewayLogger(off.has('logs') ? 'warn' : 'info'),
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-gw-bench-'))
+  const routeFile = join(dir, 'routes.json')
+  writeFileSync(routeFile, JSON.stringify({
+    issuers: [{ issuer: issuer!, audience: 'portcullis' }],
+    rateLimit: { max: 1_000_000_000, timeWindow: '1m' },
+    routes: [{ prefix: '/api', upstream: upstream! }]
+  }))
+  if (off.has('logs')) process.env.LOG_LEVEL = 'warn'
+  const settings = settingsFromEnv({ ...process.env, GATEWAY_CONFIG: routeFile, GATEWAY_PORT: '0' })
+  const { gw } = await createGateway(settings, process.env, {
     features: { rateLimit: !off.has('rateLimit'), metrics: !off.has('metrics'), auth: !off.has('auth') },
-    auth: process.env.BENCH_TOKEN_CACHE === '0' ? { tokenCacheMax: 0 } : {}
+    ...(process.env.BENCH_TOKEN_CACHE === '0' ? { auth: { ...jwksTimingsFromEnv(process.env), tokenCacheMax: 0 } } : {})
   })
+  rmSync(dir, { recursive: true, force: true })
+  v8Flags = [...process.execArgv, ...(settings.memoryTuning ? MEMORY_TUNING_FLAGS.map((f) => `${f} (set at start)`) : [])]
   await gw.app.listen({ port: 0, host: '127.0.0.1' })
   if (!off.has('auth')) await gw.app.jwksAuth.refresh()
   return (gw.app.server.address() as { port: number }).port
@@ -54,7 +67,7 @@ process.on('message', (m) => {
   process.send!({ mem: process.memoryUsage() })
 })
 
-main().then((port) => process.send!({ port }), (err: unknown) => {
+main().then((port) => process.send!({ port, v8: v8Flags }), (err: unknown) => {
   console.error(err)
   process.exit(1)
 })

@@ -4,8 +4,9 @@ import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
 import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { JWKS_ENV, jwksTimingsFromEnv } from '../lib/jwks-env.js'
-import { loadGatewayConfig } from './config.js'
-import { buildGateway, DEFAULT_HSTS_MAX_AGE } from './server.js'
+import { loadGatewayConfig, type GatewayConfig } from './config.js'
+import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
+import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
 
 export const DEFAULT_CONFIG_PATH = fileURLToPath(new URL('./routes.example.yaml', import.meta.url))
 export const DEFAULT_SHUTDOWN_GRACE = 30 // seconds
@@ -27,6 +28,7 @@ Environment:
   GATEWAY_TLS_KEY                PEM private key file (with GATEWAY_TLS_CERT)
   GATEWAY_HSTS_MAX_AGE           HSTS max-age under TLS             (default 365d)
   GATEWAY_SHUTDOWN_GRACE         time to drain on SIGTERM before a forced exit (default 30s)
+  GATEWAY_MEMORY_TUNING          false: keep V8's default heap sizing (default true: ${MEMORY_TUNING_FLAGS.join(' ')})
 ${JWKS_ENV.map(([n, d, m]) => `  ${n.padEnd(30)} ${m} (default ${d})`).join('\n')}
   LOG_LEVEL                      pino level                         (default info)`
 
@@ -41,6 +43,7 @@ export interface GatewaySettings {
   tls?: { cert: Buffer, key: Buffer }
   hstsMaxAge: number
   shutdownGrace: number
+  memoryTuning: boolean
 }
 
 /** Reads and validates every env var the gateway uses; a bad one throws a ConfigError naming it. */
@@ -70,13 +73,18 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       ? undefined
       : { cert: read('GATEWAY_TLS_CERT', certPath), key: read('GATEWAY_TLS_KEY', keyPath) },
     hstsMaxAge: envDuration(env, 'GATEWAY_HSTS_MAX_AGE', DEFAULT_HSTS_MAX_AGE, { min: 0 }),
-    shutdownGrace: envDuration(env, 'GATEWAY_SHUTDOWN_GRACE', DEFAULT_SHUTDOWN_GRACE, { min: 1 })
+    shutdownGrace: envDuration(env, 'GATEWAY_SHUTDOWN_GRACE', DEFAULT_SHUTDOWN_GRACE, { min: 1 }),
+    memoryTuning: envBool(env, 'GATEWAY_MEMORY_TUNING', true)
   }
 }
 
-/** `portcullis gateway`: listens on the public and admin ports; SIGTERM/SIGINT drain, then exit. */
-export async function run (_argv: string[]): Promise<number> {
-  const s = settingsFromEnv(process.env)
+/**
+ * What `portcullis gateway` builds from its settings (the bench starts the gateway through this too,
+ * so it measures what users run): V8 memory tuning, the route file, the gateway. `extra` is for
+ * benchmarks switching parts off. Does not listen.
+ */
+export async function createGateway (s: GatewaySettings, env: Env = process.env, extra: Partial<GatewayOptions> = {}): Promise<{ gw: Gateway, config: GatewayConfig }> {
+  if (s.memoryTuning) applyMemoryTuning()
   const config = loadGatewayConfig(s.configPath)
   const gw = await buildGateway({
     config,
@@ -84,8 +92,16 @@ export async function run (_argv: string[]): Promise<number> {
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
-    auth: jwksTimingsFromEnv(process.env)
+    auth: jwksTimingsFromEnv(env),
+    ...extra
   })
+  return { gw, config }
+}
+
+/** `portcullis gateway`: listens on the public and admin ports; SIGTERM/SIGINT drain, then exit. */
+export async function run (_argv: string[]): Promise<number> {
+  const s = settingsFromEnv(process.env)
+  const { gw, config } = await createGateway(s)
   const log = gw.app.log
   // On SIGTERM: stop accepting, let in-flight requests finish (Fastify closes idle keep-alive
   // sockets and answers 503 on busy ones), then exit; forced exit after the grace period.

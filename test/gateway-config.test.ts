@@ -74,6 +74,8 @@ t.test('env settings are validated with the variable named', async (t) => {
   t.throws(() => settingsFromEnv({ GATEWAY_RATE_LIMIT_FAIL_CLOSED: 'maybe' }), /GATEWAY_RATE_LIMIT_FAIL_CLOSED/)
   t.throws(() => settingsFromEnv({ GATEWAY_SHUTDOWN_GRACE: 'soon' }), /GATEWAY_SHUTDOWN_GRACE/)
   t.throws(() => settingsFromEnv({ LOG_LEVEL: 'loud' }), /LOG_LEVEL: expected one of/)
+  t.equal(s.memoryTuning, true)
+  t.throws(() => settingsFromEnv({ GATEWAY_MEMORY_TUNING: 'sometimes' }), /GATEWAY_MEMORY_TUNING/)
 })
 
 t.test('`portcullis gateway` with a bad route file stops at boot naming the file and the problem', async (t) => {
