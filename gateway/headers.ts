@@ -11,6 +11,9 @@ export function genRequestId (req: IncomingMessage): string {
   return typeof v === 'string' && REQUEST_ID.test(v) ? v : randomUUID()
 }
 
+/** Printable ASCII except `%` and `,`: passes headerSafe unchanged. */
+const HEADER_SAFE = /^[\x20-\x24\x26-\x2b\x2d-\x7e]*$/
+
 /**
  * Makes a claim value safe for a header line: UTF-8 percent-encoding of everything outside
  * printable ASCII, plus `%` and `,` (the list separator of `x-user-permissions`). Plain ids and
@@ -18,6 +21,7 @@ export function genRequestId (req: IncomingMessage): string {
  * a header. Services decode with `decodeURIComponent`.
  */
 export function headerSafe (value: string): string {
+  if (HEADER_SAFE.test(value)) return value
   let out = ''
   for (const ch of value) {
     const c = ch.codePointAt(0)!
@@ -31,8 +35,6 @@ function wellFormed (s: string): string {
   return s.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD')
 }
 
-/** Identity headers the gateway owns: a client's copies are always removed. */
-const IDENTITY_PREFIXES = ['x-user-', 'x-portcullis-']
 /** Forwarding headers: kept only from a trusted proxy, otherwise rewritten from the socket. */
 const FORWARDING = new Set(['forwarded', 'x-real-ip'])
 /** Asks a framework to treat the request as another method. */
@@ -46,6 +48,26 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te'
 
 export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
 
+interface IdentityHeaders { id: string, role?: string, permissions?: string }
+/**
+ * Identity header values per verified user object: a verified-token cache hit hands out the same
+ * (frozen) object, so its values are encoded once, not on every request.
+ */
+const identityCache = new WeakMap<VerifiedIdentity, IdentityHeaders>()
+
+function identityHeaders (user: VerifiedIdentity): IdentityHeaders {
+  let h = identityCache.get(user)
+  if (h === undefined) {
+    h = {
+      id: headerSafe(wellFormed(String(user.sub))),
+      role: typeof user.role === 'string' ? headerSafe(wellFormed(user.role)) : undefined,
+      permissions: Array.isArray(user.permissions) ? user.permissions.map((p) => headerSafe(wellFormed(String(p)))).join(',') : undefined
+    }
+    identityCache.set(user, h)
+  }
+  return h
+}
+
 /**
  * The headers an upstream receives. Runs after reply-from has removed `Connection` and every header
  * it names, so the headers set here cannot be dropped by a client listing them in `Connection`.
@@ -56,7 +78,8 @@ export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpH
   const trusted = request.ips !== undefined && request.ips.length > 1
   for (const name of Object.keys(headers)) {
     if (HOP_BY_HOP.has(name) || METHOD_OVERRIDE.has(name)) continue
-    if (IDENTITY_PREFIXES.some((p) => name.startsWith(p))) continue
+    // identity headers the gateway owns: a client's copies are always removed
+    if (name.startsWith('x-user-') || name.startsWith('x-portcullis-')) continue
     if (!trusted && (FORWARDING.has(name) || name.startsWith('x-forwarded-'))) continue
     out[name] = headers[name]
   }
@@ -73,11 +96,10 @@ export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpH
   const auth = request.headers.authorization
   if (auth !== undefined) out.authorization = auth
   if (user !== null && user !== undefined) {
-    out['x-user-id'] = headerSafe(wellFormed(String(user.sub)))
-    if (typeof user.role === 'string') out['x-user-role'] = headerSafe(wellFormed(user.role))
-    if (Array.isArray(user.permissions)) {
-      out['x-user-permissions'] = user.permissions.map((p) => headerSafe(wellFormed(String(p)))).join(',')
-    }
+    const h = identityHeaders(user)
+    out['x-user-id'] = h.id
+    if (h.role !== undefined) out['x-user-role'] = h.role
+    if (h.permissions !== undefined) out['x-user-permissions'] = h.permissions
   }
   return out
 }
