@@ -69,11 +69,19 @@ function startTarget (args: string[], env: Record<string, string> = {}, viaTsx =
   })
 }
 
-interface Target { name: string, url: string, tokens: string[] }
-interface Sample { rps: number, p50: number, p99: number, non2xx: number }
+interface Target { name: string, url: string, tokens: string[], pid?: number }
+/** cpu: CPU time (user + system) of the process under test per request, µs: less sensitive to other load on the machine than req/s. */
+interface Sample { rps: number, p50: number, p99: number, non2xx: number, cpu: number }
+
+/** CPU time (user + system) a process has used, in µs (from /proc). */
+function cpuMicros (pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return (Number(f[11]) + Number(f[12])) * 1e6 / 100 // clock ticks (USER_HZ 100)
+}
 
 async function load (t: Target, seconds: number, amount?: number): Promise<Sample> {
   let i = 0
+  const cpu0 = t.pid === undefined ? 0 : cpuMicros(t.pid)
   const r = await autocannon({
     url: t.url,
     connections: CONNECTIONS,
@@ -85,7 +93,8 @@ async function load (t: Target, seconds: number, amount?: number): Promise<Sampl
         : { ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } }
     }]
   })
-  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx + r.errors }
+  const cpu = t.pid === undefined ? NaN : (cpuMicros(t.pid) - cpu0) / Math.max(1, r.requests.total)
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx + r.errors, cpu }
 }
 
 /** Open loop: `rate` requests per second whatever the latency; latencies in ms with µs resolution. */
@@ -156,6 +165,7 @@ async function main (): Promise<void> {
   const at = (p: { port: number }): string => `http://127.0.0.1:${p.port}/api/x`
   const checks: Array<[string, boolean, string]> = []
   let bareRps = 0
+  let gatewayMaxRps = 0
   let bareTarget: Target | undefined
   let fullTarget: Target | undefined
 
@@ -171,15 +181,15 @@ async function main (): Promise<void> {
     ])
     console.log(`gateway processes: compiled JS started like \`portcullis gateway\` (createGateway); V8 flags: ${full.v8.filter((f) => f !== '--expose-gc').join(' ') || 'none'}`)
     const targets: Target[] = [
-      { name: 'direct upstream', url: `${upstream}/x`, tokens: [] },
-      { name: 'bare http-proxy', url: at(bare), tokens: [] },
-      { name: 'gateway, 1 token', url: at(full), tokens: one },
-      { name: 'gateway, 1,000 tokens', url: at(full), tokens: thousand },
-      { name: 'gateway, every request a cache miss', url: at(miss), tokens: thousand },
-      { name: 'gateway - rate limit', url: at(noRl), tokens: one },
-      { name: 'gateway - metrics', url: at(noMetrics), tokens: one },
-      { name: 'gateway - info logs', url: at(noLogs), tokens: one },
-      { name: 'gateway - verification', url: at(noAuth), tokens: one }
+      { name: 'direct upstream', url: `${upstream}/x`, tokens: [], pid: up.pid },
+      { name: 'bare http-proxy', url: at(bare), tokens: [], pid: bare.pid },
+      { name: 'gateway, 1 token', url: at(full), tokens: one, pid: full.pid },
+      { name: 'gateway, 1,000 tokens', url: at(full), tokens: thousand, pid: full.pid },
+      { name: 'gateway, every request a cache miss', url: at(miss), tokens: thousand, pid: miss.pid },
+      { name: 'gateway - rate limit', url: at(noRl), tokens: one, pid: noRl.pid },
+      { name: 'gateway - metrics', url: at(noMetrics), tokens: one, pid: noMetrics.pid },
+      { name: 'gateway - info logs', url: at(noLogs), tokens: one, pid: noLogs.pid },
+      { name: 'gateway - verification', url: at(noAuth), tokens: one, pid: noAuth.pid }
     ]
     bareTarget = targets[1]
     fullTarget = targets[2]
@@ -204,25 +214,29 @@ async function main (): Promise<void> {
       }
       const med = (name: string): Sample => {
         const s = samples.get(name)!
-        return { rps: median(s.map((x) => x.rps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), non2xx: 0 }
+        return { rps: median(s.map((x) => x.rps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), non2xx: 0, cpu: median(s.map((x) => x.cpu)) }
       }
       bareRps = med('bare http-proxy').rps
       const fullRps = med('gateway, 1 token').rps
-      console.log('\ntarget (median of rounds)                req/s    p50 ms  p99 ms  x bare proxy')
+      const bareCpu = med('bare http-proxy').cpu
+      console.log('\ntarget (median of rounds)                req/s    p50 ms  p99 ms  x bare proxy   CPU us/req  bare CPU / this')
       for (const t of targets) {
         const m = med(t.name)
-        console.log(`${t.name.padEnd(38)} ${fmt(m.rps).padStart(7)}  ${fmt(m.p50).padStart(6)}  ${fmt(m.p99).padStart(6)}  ${fmt(m.rps / bareRps, 2).padStart(6)}`)
+        console.log(`${t.name.padEnd(38)} ${fmt(m.rps).padStart(7)}  ${fmt(m.p50).padStart(6)}  ${fmt(m.p99).padStart(6)}  ${fmt(m.rps / bareRps, 2).padStart(6)}        ${fmt(m.cpu, 1).padStart(6)}  ${fmt(bareCpu / m.cpu, 2).padStart(6)}`)
       }
-      console.log('\nper-part cost (full gateway, 1 token; throughput gained by switching the part off):')
+      const fullCpu = med('gateway, 1 token').cpu
+      console.log(`\nper-part cost (full gateway, 1 token: ${fmt(fullCpu, 1)} us CPU per request, bare proxy ${fmt(bareCpu, 1)}; gained by switching the part off):`)
       for (const [part, name] of [['rate limit', 'gateway - rate limit'], ['metrics', 'gateway - metrics'], ['info logs', 'gateway - info logs'], ['verification + authorization', 'gateway - verification']] as const) {
-        const off = med(name).rps
-        console.log(`  ${part.padEnd(30)} ${off >= fullRps ? '+' : ''}${fmt((off / fullRps - 1) * 100, 1)}%  (${fmt(off)} req/s without it)`)
+        const off = med(name)
+        console.log(`  ${part.padEnd(30)} ${off.rps >= fullRps ? '+' : ''}${fmt((off.rps / fullRps - 1) * 100, 1)}% req/s (${fmt(off.rps)} without it), ${fmt(fullCpu - off.cpu, 1)} us CPU per request`)
       }
+      gatewayMaxRps = fullRps
       const ratio = (name: string): number => med(name).rps / bareRps
+      const cpuRatio = (name: string): string => `; CPU per request: bare/gateway ${fmt(bareCpu / med(name).cpu, 2)}`
       checks.push(
-        ['full gateway >= 0.8x bare proxy (cache hits, 1 token)', ratio('gateway, 1 token') >= 0.8, `${fmt(ratio('gateway, 1 token'), 2)}x`],
-        ['full gateway >= 0.8x bare proxy (cache hits, 1,000 tokens)', ratio('gateway, 1,000 tokens') >= 0.8, `${fmt(ratio('gateway, 1,000 tokens'), 2)}x`],
-        ['full gateway >= 0.6x bare proxy (every request a cache miss)', ratio('gateway, every request a cache miss') >= 0.6, `${fmt(ratio('gateway, every request a cache miss'), 2)}x`]
+        ['full gateway >= 0.8x bare proxy (cache hits, 1 token)', ratio('gateway, 1 token') >= 0.8, `${fmt(ratio('gateway, 1 token'), 2)}x${cpuRatio('gateway, 1 token')}`],
+        ['full gateway >= 0.8x bare proxy (cache hits, 1,000 tokens)', ratio('gateway, 1,000 tokens') >= 0.8, `${fmt(ratio('gateway, 1,000 tokens'), 2)}x${cpuRatio('gateway, 1,000 tokens')}`],
+        ['full gateway >= 0.6x bare proxy (every request a cache miss)', ratio('gateway, every request a cache miss') >= 0.6, `${fmt(ratio('gateway, every request a cache miss'), 2)}x${cpuRatio('gateway, every request a cache miss')}`]
       )
     }
   }
@@ -244,6 +258,10 @@ async function main (): Promise<void> {
     console.log(`  bare http-proxy   p50 ${fmt(median(fixed.bare50), 3)} ms  p99 ${fmt(median(fixed.bare), 3)} ms`)
     console.log(`  gateway, 1 token  p50 ${fmt(median(fixed.gw50), 3)} ms  p99 ${fmt(median(fixed.gw), 3)} ms  (p99 ${p99Delta >= 0 ? '+' : ''}${fmt(p99Delta, 3)} ms)`)
     if (median(fixed.bare50) > 5) console.log('  note: the bare proxy\'s p50 is above 5 ms: the machine is saturated (other load), so this comparison says little')
+    if (gatewayMaxRps > 0) {
+      const load = rate / gatewayMaxRps
+      console.log(`  the gateway runs at ${fmt(load * 100)}% of its own measured maximum (${fmt(gatewayMaxRps)} req/s) here, the bare proxy at 50%${load > 0.8 ? ': near saturation, so its p99 is mostly queueing' : ''}`)
+    }
     checks.push(['p99 at half the bare max <= bare p99 + 1 ms', p99Delta <= 1, `${p99Delta >= 0 ? '+' : ''}${fmt(p99Delta, 3)} ms`])
   }
 
