@@ -112,14 +112,14 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
           },
           onResponse: (request, reply, res) => {
             breaker.success()
-            request[kProbe] = undefined
+            if (request[kProbe] !== undefined) request[kProbe] = undefined
             void reply.send(res.stream)
           },
           onError: (reply, { error }) => {
             const kind = classify(error)
             upstreamErrors.inc({ upstream: origin, kind })
             breaker.failure()
-            reply.request[kProbe] = undefined
+            if (reply.request[kProbe] !== undefined) reply.request[kProbe] = undefined
             void (reply as FastifyReply).send(clientError(kind, error))
           }
         }

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import * as promClient from '@platformatic/prom-client'
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 
 // fastify-metrics is CommonJS with `exports.default`: under NodeNext the default import is the module object.
 const fastifyMetrics = fastifyMetricsModule.default
@@ -22,6 +22,15 @@ export interface MetricsPluginOptions {
    * quantiles through `histogram_quantile`; the summary costs a few % of a proxied request. @defaultValue true
    */
   routeSummary?: boolean
+  /**
+   * Record the HTTP histogram with one onResponse hook timed by Fastify's own `reply.elapsedTime`
+   * instead of fastify-metrics' two per-request hooks (a WeakMap entry, an hrtime timer closure and
+   * four `request.routeOptions` objects per request: ~5 µs of a proxied request, measured on the
+   * gateway bench). Same metric name, help, labels (`method`, `route` = the route pattern,
+   * `status_code`) and buckets; fastify-metrics still provides the process metrics. Implies no
+   * summary. @defaultValue false
+   */
+  leanRouteHistogram?: boolean
 }
 
 declare module 'fastify' {
@@ -39,12 +48,13 @@ declare module 'fastify' {
 const metrics: FastifyPluginAsync<MetricsPluginOptions> = async (app, opts) => {
   if (app.hasDecorator('metricsRegistry')) return
   const registry = opts.registry ?? new promClient.Registry()
+  const lean = opts.leanRouteHistogram ?? false
   await app.register(fastifyMetrics, {
     endpoint: null,
     promClient: promClient as never,
     defaultMetrics: { enabled: opts.defaultMetrics ?? true, register: registry as never },
     routeMetrics: {
-      enabled: { histogram: true, summary: opts.routeSummary ?? true },
+      enabled: lean ? false : { histogram: true, summary: opts.routeSummary ?? true },
       registeredRoutesOnly: true,
       overrides: {
         histogram: { registers: [registry as never] },
@@ -52,7 +62,42 @@ const metrics: FastifyPluginAsync<MetricsPluginOptions> = async (app, opts) => {
       }
     }
   })
+  if (lean) leanHistogram(app, registry)
   app.decorate('metricsRegistry', registry)
+}
+
+type Labels = Record<'method' | 'route' | 'status_code', string | number>
+
+/** fastify-metrics' route histogram, recorded from one onResponse hook (see `leanRouteHistogram`). */
+function leanHistogram (app: FastifyInstance, registry: Registry): void {
+  const histogram = new promClient.Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'request duration in seconds',
+    labelNames: ['method', 'route', 'status_code'],
+    registers: [registry]
+  })
+  // One frozen label object per route, method and status: no allocation per request.
+  const labelSets = new Map<string, Map<string, Map<number, Labels>>>()
+  const labelsFor = (route: string, method: string, status: number): Labels => {
+    let byMethod = labelSets.get(route)
+    if (byMethod === undefined) labelSets.set(route, byMethod = new Map())
+    let byStatus = byMethod.get(method)
+    if (byStatus === undefined) byMethod.set(method, byStatus = new Map())
+    let labels = byStatus.get(status)
+    if (labels === undefined) byStatus.set(status, labels = Object.freeze({ method, route, status_code: status }))
+    return labels
+  }
+  app.addHook('onResponse', (request, reply, done) => {
+    // registered routes only: a 404 from the not-found handler has no route pattern to label with
+    if (!request.is404) {
+      const ro = request.routeOptions // a getter building a new object: read once
+      const route = ro.url
+      if (route !== undefined && ro.config.disableMetrics !== true) {
+        histogram.observe(labelsFor(route, request.method, reply.statusCode), reply.elapsedTime / 1000)
+      }
+    }
+    done()
+  })
 }
 
 export default fp(metrics, { fastify: '5.x', name: 'portcullis-metrics' })

@@ -124,6 +124,9 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     }
   }
 
+  // Declared up front so every request keeps one shape (a property added per request costs a hidden-class transition).
+  if (!app.hasRequestDecorator(kCounted)) app.decorateRequest(kCounted, false)
+
   const limiters = new Map<string, Limiter>()
   const limiterFor = (label: string, max: number, timeWindow: number): Limiter => {
     let l = limiters.get(label)
