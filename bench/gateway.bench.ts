@@ -286,7 +286,8 @@ async function main (): Promise<void> {
       const after = rssMb(g.pid)
       const liveAfter = await liveHeapMb(g)
       console.log(`  ${label.padEnd(62)} RSS ${fmt(before)} -> ${fmt(after)} MB; live heap after GC ${fmt(liveBefore)} -> ${fmt(liveAfter)} MB (${fmt(s.rps)} req/s, every token new)`)
-      if (label === runs[0]![0]) checks.push([`RSS after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens <= 150 MB (${label})`, after <= 150, `${fmt(after)} MB`])
+      // both ways of running `portcullis gateway`: built JS (npm run build) and bin/portcullis.js (tsx) as shipped
+      if (label === runs[0]![0] || label === runs[3]![0]) checks.push([`RSS after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens <= 150 MB (${label})`, after <= 150, `${fmt(after)} MB`])
       g.child.kill('SIGTERM')
     }
   }
