@@ -22,8 +22,10 @@ async function main (argv: string[]): Promise<number> {
     console.error(`portcullis: unknown command "${name}"\n\n${USAGE}`)
     return 1
   }
-  const url = new URL(entry.module.replace(/\.js$/, '.ts'), import.meta.url)
-  if (!existsSync(fileURLToPath(url))) {
+  // Source checkout (run through tsx): the .ts file; compiled build (npm run build): the .js file.
+  const candidates = [entry.module.replace(/\.js$/, '.ts'), entry.module].map((m) => new URL(m, import.meta.url))
+  const url = candidates.find((u) => existsSync(fileURLToPath(u)))
+  if (url === undefined) {
     console.error(`portcullis: command "${name}" is not part of this build yet`)
     return 1
   }
