@@ -1,4 +1,5 @@
 import { listenOn } from '../lib/listen.js'
+import { stopSignal } from '../lib/signals.js'
 import pino from 'pino'
 import { envEnum } from '../lib/env.js'
 import { UsageError } from '../lib/errors.js'
@@ -53,14 +54,7 @@ export async function run (argv: string[]): Promise<number> {
     const refresh = await openRefreshStore(db, { idleTtl: config.refreshIdleTtl, absoluteTtl: config.refreshAbsoluteTtl })
     service = await buildAuthService({ config, db, keys, users, clients, refresh, loggerInstance: log })
 
-    const stopped = new Promise<string>((resolve) => {
-      const onSignal = (sig: string): void => {
-        process.once(sig, () => process.exit(130))
-        resolve(sig)
-      }
-      process.once('SIGTERM', () => onSignal('SIGTERM'))
-      process.once('SIGINT', () => onSignal('SIGINT'))
-    })
+    const stopped = stopSignal()
     await listenOn(service.app, config.host, config.port, 'AUTH_PORT')
     await listenOn(service.admin, config.host, config.adminPort, 'AUTH_ADMIN_PORT')
     log.info({ event: 'start', store: db.description, issuer: config.issuer, kid: service.signer.kid, secrets: secrets.source }, 'auth service ready')

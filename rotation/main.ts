@@ -1,4 +1,5 @@
 import { listenOn } from '../lib/listen.js'
+import { stopSignal } from '../lib/signals.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import { loggerOptions } from '../lib/logger.js'
@@ -78,15 +79,7 @@ export async function run (argv: string[]): Promise<number> {
       return 0
     }
 
-    const stopped = new Promise<string>((resolve) => {
-      const onSignal = (sig: string): void => {
-        // A second signal means "now": dying mid-transaction rolls it back, so this is still safe.
-        process.once(sig, () => process.exit(130))
-        resolve(sig)
-      }
-      process.once('SIGTERM', () => onSignal('SIGTERM'))
-      process.once('SIGINT', () => onSignal('SIGINT'))
-    })
+    const stopped = stopSignal()
     const boot = worker.tick().then(() => undefined, (err: unknown) => err)
     const first = await Promise.race([boot, stopped.then((sig) => ({ sig }))])
     if (first !== undefined && !(typeof first === 'object' && first !== null && 'sig' in first)) {
