@@ -1,5 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request as httpRequest } from 'node:http'
 import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
 import metrics from '../plugins/metrics.js'
@@ -107,7 +107,8 @@ t.test('two Authorization headers are a 400', async (t) => {
   t.equal(one.status, 200)
 })
 
-t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', async (t) => {
+/** An app whose only route calls @fastify/jwt's `request.jwtVerify()`, with the plugin's keys loaded. */
+async function jwtVerifyApp (t: Test): Promise<{ issuer: TestIssuer, app: FastifyInstance }> {
   const issuer = await startTestIssuer()
   t.teardown(() => issuer.close())
   const app = Fastify()
@@ -119,6 +120,11 @@ t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', a
   await app.ready()
   t.teardown(() => app.close())
   await app.jwksAuth.refresh()
+  return { issuer, app }
+}
+
+t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', async (t) => {
+  const { issuer, app } = await jwtVerifyApp(t)
   t.same((await app.inject({ url: '/v', headers: { authorization: `Bearer ${issuer.sign({ sub: 'carol' })}` } })).json(), { sub: 'carol' })
   const other = rsaKey({ label: 'other' })
   const forged = issuer.sign({}, { key: other, kid: issuer.published[0]!.kid })
@@ -139,17 +145,7 @@ t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', a
 })
 
 t.test('regression: request.jwtVerify() refuses what the plugin refuses, with a 401 and never a 500', async (t) => {
-  const issuer = await startTestIssuer()
-  t.teardown(() => issuer.close())
-  const app = Fastify()
-  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], global: false })
-  app.get('/v', async (req) => {
-    const user = await req.jwtVerify()
-    return { sub: (user as { sub: string }).sub }
-  })
-  await app.ready()
-  t.teardown(() => app.close())
-  await app.jwksAuth.refresh()
+  const { issuer, app } = await jwtVerifyApp(t)
   const k = issuer.published[0]!
   const now = Math.floor(Date.now() / 1000)
   const h = { alg: 'RS256', kid: k.kid }
