@@ -124,7 +124,8 @@ t.test('forwarding headers from a trusted proxy are kept and extended', async (t
   t.equal(h['x-forwarded-host'], 'api.example.com')
 })
 
-t.test('one access-log line per request with the request id; secrets redacted', async (t) => {
+/** A writable that parses each JSON log line into `lines`. */
+function logSink (): { lines: Array<Record<string, unknown>>, sink: Writable } {
   const lines: Array<Record<string, unknown>> = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, cb) {
@@ -132,6 +133,11 @@ t.test('one access-log line per request with the request id; secrets redacted', 
       cb()
     }
   })
+  return { lines, sink }
+}
+
+t.test('one access-log line per request with the request id; secrets redacted', async (t) => {
+  const { lines, sink } = logSink()
   const up = await echoUpstream()
   const gw = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/a', upstream: up.url, auth: false }] }, 'test'), logger: gatewayLogger('info', sink) })
   t.teardown(async () => { await gw.close(); await up.close() })
@@ -149,13 +155,7 @@ t.test('one access-log line per request with the request id; secrets redacted', 
 })
 
 t.test('an authenticated request logs one info line (the access line, with sub); auth_success is debug, auth_failure info', async (t) => {
-  const lines: Array<Record<string, unknown>> = []
-  const sink = new Writable({
-    write (chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
-      cb()
-    }
-  })
+  const { lines, sink } = logSink()
   const issuer = await startTestIssuer()
   const up = await echoUpstream()
   const config = parseGatewayConfig({ issuers: [{ issuer: issuer.url, audience: 'portcullis' }], routes: [{ prefix: '/a', upstream: up.url }] }, 'test')
