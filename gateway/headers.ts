@@ -1,14 +1,23 @@
-import { randomUUID } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
 
 /** An incoming `x-request-id` is kept only when it looks like an id (no spaces, quotes or control bytes). */
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
 
-/** Fastify `genReqId`: the caller's well-formed `x-request-id`, else a fresh UUID. */
+/** 16 random hex digits per process: ids stay distinct across replicas and restarts. */
+const ID_PREFIX = randomBytes(8).toString('hex')
+let idCounter = 0
+
+/**
+ * Fastify `genReqId`: the caller's well-formed `x-request-id`, else `<process prefix>-<counter>`
+ * (base 36). A request id must be unique, not secret: a counter costs nothing, a UUID ~0.3 µs.
+ */
 export function genRequestId (req: IncomingMessage): string {
   const v = req.headers['x-request-id']
-  return typeof v === 'string' && REQUEST_ID.test(v) ? v : randomUUID()
+  if (typeof v === 'string' && REQUEST_ID.test(v)) return v
+  idCounter = idCounter === Number.MAX_SAFE_INTEGER ? 1 : idCounter + 1
+  return `${ID_PREFIX}-${idCounter.toString(36)}`
 }
 
 /** Printable ASCII except `%` and `,`: passes headerSafe unchanged. */
@@ -46,6 +55,9 @@ const METHOD_OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-m
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding',
   'upgrade', 'http2-settings', 'expect', 'proxy-authorization'])
 
+/** Never forwarded whatever the peer: hop-by-hop and method-override headers. */
+const DROPPED = new Set([...HOP_BY_HOP, ...METHOD_OVERRIDE])
+
 export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
 
 interface IdentityHeaders { id: string, role?: string, permissions?: string }
@@ -77,7 +89,7 @@ export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpH
   // A peer is trusted when Fastify walked the X-Forwarded-For chain past the socket address.
   const trusted = request.ips !== undefined && request.ips.length > 1
   for (const name of Object.keys(headers)) {
-    if (HOP_BY_HOP.has(name) || METHOD_OVERRIDE.has(name)) continue
+    if (DROPPED.has(name)) continue
     // identity headers the gateway owns: a client's copies are always removed
     if (name.startsWith('x-user-') || name.startsWith('x-portcullis-')) continue
     if (!trusted && (FORWARDING.has(name) || name.startsWith('x-forwarded-'))) continue

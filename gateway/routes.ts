@@ -19,6 +19,18 @@ export interface RouteOptions {
   now?: () => number
 }
 
+/**
+ * Frees the breaker's half-open probe slot a request still holds: its client went away before the
+ * upstream gave a verdict. The gateway's onResponse hook calls it for every request.
+ */
+export function releaseProbe (request: FastifyRequest): void {
+  const b = request[kProbe]
+  if (b !== undefined) {
+    request[kProbe] = undefined
+    b.releaseProbe()
+  }
+}
+
 /** The per-route config every proxy route carries: read by the auth, authorize and rate-limit plugins. */
 export function routeConfig (route: RouteConfig): Record<string, unknown> {
   return {
@@ -78,11 +90,6 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
     const breaker = breakerFor(origin)
 
     await app.register(async (scope) => {
-      // A probe whose client went away gives no verdict: free the slot for the next request.
-      scope.addHook('onResponse', (request, _reply, done) => {
-        if (request[kProbe] !== undefined) request[kProbe].releaseProbe()
-        done()
-      })
       await scope.register(httpProxy, {
         upstream: route.upstream,
         prefix: route.prefix,

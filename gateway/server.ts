@@ -7,6 +7,8 @@ import jwksAuth, { type JwksAuthPluginOptions } from '../plugins/jwks-auth.js'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
+import { accessLogger, kPlainFormat } from './access-log.js'
+import { releaseProbe } from './routes.js'
 import { BatchedDestination } from './log-destination.js'
 import { BadPathError, RouteNotFoundError, type ErrorBody } from './errors.js'
 import { registerRoutes } from './routes.js'
@@ -50,7 +52,9 @@ const GENERIC_CODES: Record<number, string> = { 400: 'PORTCULLIS_BAD_REQUEST', 4
  * pino.destination). What is left is written on exit.
  */
 export function gatewayLogger (level?: string, destination: DestinationStream = new BatchedDestination()): Logger {
-  return pino({ ...loggerOptions('gateway', level), redact: { paths: GATEWAY_REDACT_PATHS, censor: '[redacted]' } }, destination)
+  const logger = pino({ ...loggerOptions('gateway', level), redact: { paths: GATEWAY_REDACT_PATHS, censor: '[redacted]' } }, destination)
+  // default formatting (level number, epoch time, msg): the access line may be written directly
+  return Object.assign(logger, { [kPlainFormat]: true })
 }
 
 /**
@@ -142,16 +146,12 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     done(isAmbiguousPath(request.url) ? new BadPathError() : undefined)
   })
 
+  // One onResponse hook for the gateway's own work: the access line, and freeing a circuit-breaker
+  // probe slot when the client went away before the upstream answered.
+  const access = accessLogger(isLogger(logger) ? logger : undefined)
   app.addHook('onResponse', (request, reply, done) => {
-    request.log.info({
-      method: request.method,
-      url: request.url,
-      route: request.routeOptions.url,
-      statusCode: reply.statusCode,
-      responseTime: Math.round(reply.elapsedTime * 1000) / 1000,
-      sub: request.user?.sub,
-      ip: request.ip
-    }, 'request completed')
+    releaseProbe(request)
+    access(request, reply)
     done()
   })
 

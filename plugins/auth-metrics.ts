@@ -1,4 +1,4 @@
-import { promClient, type Registry } from './metrics.js'
+import { collectHotCounts, promClient, type Registry } from './metrics.js'
 
 type Counter<L extends string> = promClient.Counter<L>
 type Gauge<L extends string> = promClient.Gauge<L>
@@ -29,7 +29,8 @@ export function authMetrics (registry: Registry): AuthMetrics {
       name: 'portcullis_auth_requests_total',
       help: 'Bearer-token authentications by result and failure reason',
       labelNames: ['result', 'reason'],
-      registers
+      registers,
+      collect: collectHotCounts // successes are summed locally on the hot path (hotCounter)
     }),
     verifyDuration: existing(registry, 'portcullis_auth_verify_duration_seconds') ?? new promClient.Histogram({
       name: 'portcullis_auth_verify_duration_seconds',

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import fp from 'fastify-plugin'
 import fastifyJwt from '@fastify/jwt'
 import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
-import { promClient } from './metrics.js'
+import { hotCounter, promClient } from './metrics.js'
 import { authMetrics } from './auth-metrics.js'
 import { AuthFailure, httpErrorFor, type FailureReason } from './auth-errors.js'
 import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './auth-options.js'
@@ -53,6 +53,17 @@ declare module 'fastify' {
 // RFC 6750 b64token after a case-insensitive scheme (RFC 9110 11.1).
 const BEARER = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
 const AUTHENTICATED = Symbol('portcullis.authenticated')
+
+/** True when `log` writes lines of `level` (loggers without isLevelEnabled are asked every time). */
+function levelEnabled (log: FastifyRequest['log'], level: string): boolean {
+  const l = log as { isLevelEnabled?: (level: string) => boolean }
+  return typeof l.isLevelEnabled !== 'function' || l.isLevelEnabled(level)
+}
+
+/** Fields of the auth_success / auth_failure lines. */
+function requestFields (request: FastifyRequest, elapsedMs: number): Record<string, unknown> {
+  return { route: request.routeOptions.url, method: request.method, ip: request.ip, durationMs: Math.round(elapsedMs * 1000) / 1000 }
+}
 
 function authorizationHeaders (request: FastifyRequest): number {
   // Node keeps only the first of repeated Authorization headers in `headers`: count the raw ones.
@@ -113,33 +124,57 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
     return tokens.cached(token) ?? tokens.verifyUncached(token)
   }
 
-  async function authenticate (request: FastifyRequest): Promise<void> {
-    const r = request as FastifyRequest & { [AUTHENTICATED]?: boolean }
-    if (r[AUTHENTICATED] === true) return
+  // Label sets of the hot path, built once; the success counter is summed locally (see hotCounter).
+  const hitLabels = Object.freeze({ cache: 'hit' as const })
+  const missLabels = Object.freeze({ cache: 'miss' as const })
+  const succeeded = hotCounter(metrics.requests, { result: 'success', reason: 'ok' })
+
+  function succeed (request: FastifyRequest, user: VerifiedUser, start: number, cache: 'hit' | 'miss'): void {
+    const elapsed = performance.now() - start
+    metrics.verifyDuration.observe(cache === 'hit' ? hitLabels : missLabels, elapsed / 1000)
+    request.user = user
+    ;(request as FastifyRequest & { [AUTHENTICATED]?: boolean })[AUTHENTICATED] = true
+    succeeded.inc()
+    // the line's object is built only when its level is on (the gateway runs with it at debug)
+    if (levelEnabled(request.log, successLevel)) {
+      request.log[successLevel]({ event: 'auth_success', sub: user.sub, cache, ...requestFields(request, elapsed) }, 'authenticated')
+    }
+  }
+
+  function fail (request: FastifyRequest, err: unknown, start: number): Error {
+    let reason: FailureReason | 'internal_error' = 'internal_error'
+    if (err instanceof AuthFailure) reason = err.reason
+    else request.log.error({ err }, 'token verification failed unexpectedly')
+    metrics.requests.inc({ result: 'failure', reason })
+    request.log.info({ event: 'auth_failure', reason, detail: err instanceof AuthFailure ? err.message : undefined, ...requestFields(request, performance.now() - start) }, 'authentication failed')
+    // Every token problem is a 401 (never a 5xx), whatever went wrong inside.
+    return httpErrorFor(reason === 'internal_error' ? 'malformed' : reason)
+  }
+
+  /**
+   * Authenticates the request: returns undefined when done (cache hit or known key), a promise when
+   * a kid-miss fetch is needed; throws (or rejects with) the 401 error.
+   */
+  function authenticate (request: FastifyRequest): Promise<void> | undefined {
+    if ((request as FastifyRequest & { [AUTHENTICATED]?: boolean })[AUTHENTICATED] === true) return undefined
     const start = performance.now()
-    const base = () => ({ route: request.routeOptions.url, method: request.method, ip: request.ip, durationMs: Math.round((performance.now() - start) * 1000) / 1000 })
+    let user: VerifiedUser | Promise<VerifiedUser> | undefined
+    let cache: 'hit' | 'miss' = 'hit'
     try {
       const token = bearerToken(request)
-      let cache: 'hit' | 'miss' = 'hit'
-      let user = tokens.cached(token)
+      user = tokens.cached(token)
       if (user === undefined) {
         cache = 'miss'
-        user = await tokens.verifyUncached(token)
+        user = tokens.verifyUncached(token)
       }
-      metrics.verifyDuration.observe({ cache }, (performance.now() - start) / 1000)
-      request.user = user
-      r[AUTHENTICATED] = true
-      metrics.requests.inc({ result: 'success', reason: 'ok' })
-      request.log[successLevel]({ event: 'auth_success', sub: user.sub, cache, ...base() }, 'authenticated')
     } catch (err) {
-      let reason: FailureReason | 'internal_error' = 'internal_error'
-      if (err instanceof AuthFailure) reason = err.reason
-      else request.log.error({ err }, 'token verification failed unexpectedly')
-      metrics.requests.inc({ result: 'failure', reason })
-      request.log.info({ event: 'auth_failure', reason, detail: err instanceof AuthFailure ? err.message : undefined, ...base() }, 'authentication failed')
-      // Every token problem is a 401 (never a 5xx), whatever went wrong inside.
-      throw httpErrorFor(reason === 'internal_error' ? 'malformed' : reason)
+      throw fail(request, err, start)
     }
+    if (!(user instanceof Promise)) {
+      succeed(request, user, start, cache)
+      return undefined
+    }
+    return user.then((u) => { succeed(request, u, start, 'miss') }, (err: unknown) => { throw fail(request, err, start) })
   }
 
   app.decorate('authenticate', async function (request: FastifyRequest) { await authenticate(request) })
@@ -150,9 +185,18 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
   } satisfies JwksAuthDecorator)
 
   if (options.global) {
-    app.addHook('onRequest', async (request) => {
-      if (request.routeOptions.config?.auth === false) return
-      await authenticate(request)
+    // Callback style and synchronous on the common path: an async hook costs a promise per request.
+    app.addHook('onRequest', function jwksAuthenticate (request, _reply, done) {
+      if (request.routeOptions.config?.auth === false) { done(); return }
+      let pending: Promise<void> | undefined
+      try {
+        pending = authenticate(request)
+      } catch (err) {
+        done(err as Error)
+        return
+      }
+      if (pending === undefined) done()
+      else pending.then(() => { done() }, done)
     })
   }
 

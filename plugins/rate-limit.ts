@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import createError from '@fastify/error'
 import { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
 import { Redis } from 'ioredis'
-import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onResponseHookHandler } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { promClient, type Registry } from './metrics.js'
 
 export const DEFAULT_MAX = 100
@@ -180,16 +180,18 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     })
   }
 
-  const count401 = (limiter: Limiter): onResponseHookHandler => function rateLimitCount401 (request, reply, done) {
-    if (reply.statusCode !== 401 || request[kCounted] === true) { done(); return }
-    // request.user is unset here: the hit is keyed by the IP
+  // An onError hook: it runs only for requests that end in an error, so the success path pays nothing.
+  const count401 = (limiter: Limiter): onErrorHookHandler => function rateLimitCount401 (request, _reply, error, done) {
+    if ((error as { statusCode?: number }).statusCode !== 401 || request[kCounted] === true) { done(); return }
+    request[kCounted] = true
+    // request.user is unset here: the hit is keyed by the IP. The 401 is not held back for the store.
     hit(limiter, request, (err, current, ttl) => {
       if (err === null && current > limiter.max) {
         if (blocked.size >= BLOCKED_MAX) blocked.delete(blocked.keys().next().value!)
         blocked.set(normalizeIP(request.ip), Date.now() + ttl)
       }
-      done()
     })
+    done()
   }
 
   app.addHook('onRoute', (route) => {
@@ -209,7 +211,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own
     // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...toArray(route.preHandler)]
-    route.onResponse = [...toArray(route.onResponse), count401(limiter)]
+    route.onError = [...toArray(route.onError), count401(limiter)]
   })
 }
 

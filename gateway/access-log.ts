@@ -1,0 +1,57 @@
+import pino, { type Logger } from 'pino'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+
+/** Marks a pino logger made by `gatewayLogger`: default formatting, so the access line can be written directly. */
+export const kPlainFormat = Symbol('portcullis.plainFormat')
+
+const { chindingsSym, streamSym } = pino.symbols
+
+/** The fields of the access line (one per request), in the order they are written. */
+export interface AccessFields {
+  method: string
+  url: string
+  route: string | undefined
+  statusCode: number
+  responseTime: number
+  sub: string | undefined
+  ip: string
+}
+
+export function accessFields (request: FastifyRequest, reply: FastifyReply): AccessFields {
+  return {
+    method: request.method,
+    url: request.url,
+    route: request.routeOptions.url,
+    statusCode: reply.statusCode,
+    responseTime: Math.round(reply.elapsedTime * 1000) / 1000,
+    sub: request.user?.sub,
+    ip: request.ip
+  }
+}
+
+
+/**
+ * Returns a function writing the access line of a request: with a logger from `gatewayLogger` the
+ * line is put together here and handed to its destination (the same JSON pino writes for
+ * `request.log.info(fields, 'request completed')`: level, time, the logger's bindings, reqId, the
+ * fields, msg; ~0.5 µs instead of ~3 µs through pino). The fields hold no redacted key. Any other
+ * logger gets `request.log.info`.
+ */
+export function accessLogger (logger: Logger | undefined): (request: FastifyRequest, reply: FastifyReply) => void {
+  if (logger === undefined || (logger as Logger & { [kPlainFormat]?: boolean })[kPlainFormat] !== true) {
+    return (request, reply) => { request.log.info(accessFields(request, reply), 'request completed') }
+  }
+  const bindings = (logger as unknown as Record<symbol, string>)[chindingsSym]!
+  const stream = (logger as unknown as Record<symbol, { write (s: string): void }>)[streamSym]!
+  const routes = new Map<string, string>() // route pattern -> its JSON member
+  return (request, reply) => {
+    if (!logger.isLevelEnabled('info')) return
+    const pattern = request.routeOptions.url
+    let route = pattern === undefined ? '' : routes.get(pattern)
+    if (route === undefined) routes.set(pattern!, route = `,"route":${JSON.stringify(pattern)}`)
+    const sub = request.user?.sub
+    stream.write(`{"level":30,"time":${Date.now()}${bindings},"reqId":${JSON.stringify(request.id)},"method":${JSON.stringify(request.method)},` +
+      `"url":${JSON.stringify(request.url)}${route},"statusCode":${reply.statusCode},"responseTime":${Math.round(reply.elapsedTime * 1000) / 1000}` +
+      `${sub === undefined ? '' : `,"sub":${JSON.stringify(String(sub))}`},"ip":${JSON.stringify(request.ip)},"msg":"request completed"}\n`)
+  }
+}
