@@ -1,4 +1,5 @@
 import { createServer } from 'node:http'
+import { getHeapSpaceStatistics } from 'node:v8'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -6,7 +7,7 @@ import Fastify from 'fastify'
 import httpProxy from '@fastify/http-proxy'
 import { createGateway, settingsFromEnv } from '../gateway/main.js'
 import { MEMORY_TUNING_FLAGS } from '../gateway/tuning.js'
-import { jwksTimingsFromEnv } from '../lib/jwks-env.js'
+import { jwksOptionsFromEnv } from '../lib/jwks-env.js'
 
 /**
  * One process under test for bench/gateway.bench.ts, started as a child with an IPC channel:
@@ -15,7 +16,7 @@ import { jwksTimingsFromEnv } from '../lib/jwks-env.js'
  *   gateway <upstream> <iss> the full gateway, built by `createGateway` from env settings and a route
  *                            file exactly as `portcullis gateway` does (V8 memory tuning and logger
  *                            included); BENCH_FEATURES switches parts off (`logs` = LOG_LEVEL warn),
- *                            BENCH_TOKEN_CACHE=0 disables the verified-token cache
+ *                            BENCH_TOKEN_CACHE=<n> sets the verified-token cache size (0: no cache)
  * Sends { port, v8 } when listening (v8: the flags in effect). Its stdout (the info logs) goes to /dev/null.
  */
 const [mode, upstream, issuer] = process.argv.slice(2)
@@ -50,7 +51,7 @@ async function main (): Promise<number> {
   const settings = settingsFromEnv({ ...process.env, GATEWAY_CONFIG: routeFile, GATEWAY_PORT: '0' })
   const { gw } = await createGateway(settings, process.env, {
     features: { rateLimit: !off.has('rateLimit'), metrics: !off.has('metrics'), auth: !off.has('auth') },
-    ...(process.env.BENCH_TOKEN_CACHE === '0' ? { auth: { ...jwksTimingsFromEnv(process.env), tokenCacheMax: 0 } } : {})
+    ...(process.env.BENCH_TOKEN_CACHE !== undefined ? { auth: { ...jwksOptionsFromEnv(process.env), tokenCacheMax: Number(process.env.BENCH_TOKEN_CACHE) } } : {})
   })
   rmSync(dir, { recursive: true, force: true })
   v8Flags = [...process.execArgv, ...(settings.memoryTuning ? MEMORY_TUNING_FLAGS.map((f) => `${f} (set at start)`) : [])]
@@ -64,7 +65,8 @@ process.on('message', (m) => {
   if (m !== 'mem') return
   const gc = (globalThis as { gc?: () => void }).gc
   if (gc !== undefined) gc()
-  process.send!({ mem: process.memoryUsage() })
+  const spaces = Object.fromEntries(getHeapSpaceStatistics().map((x) => [x.space_name, Math.round(x.physical_space_size / 1048576)]))
+  process.send!({ mem: process.memoryUsage(), spaces })
 })
 
 main().then((port) => process.send!({ port, v8: v8Flags }), (err: unknown) => {

@@ -1,6 +1,6 @@
-import { fork, spawnSync, type ChildProcess } from 'node:child_process'
+import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
@@ -13,10 +13,17 @@ import { startTestIssuer } from '../test/helpers/issuer.js'
  *   direct upstream | bare @fastify/http-proxy | full gateway (verify + authorize + rate limit +
  *   metrics + info logs) with 1 token, 1,000 tokens, and every request a verification-cache miss |
  *   the full gateway with each part switched off in turn (per-part cost).
- * Rounds are interleaved (every target once per round, order rotated), medians of ROUNDS.
+ * Each target is measured right after a slice of the bare proxy (paired slices, order rotated per
+ * round); ratios are medians over ROUNDS of the paired ratios.
  * Then a fixed-rate run at half the bare proxy's maximum (p99 with microsecond resolution from an
  * open-loop generator: autocannon's histogram has 1 ms resolution), and the gateway's resident memory
  * after 100,000 distinct tokens. Targets from issue 5 are printed as PASS/FAIL.
+ *
+ * Every target gets the same requests (the bare proxy and the upstream are sent the token too, and
+ * autocannon builds each request the same way), so the load generator costs the same whatever it
+ * drives. With two or more cores the process under test runs alone on the last core and the load
+ * generator and upstream share the others (taskset; BENCH_PIN=0 turns this off): otherwise the three
+ * processes contend for two cores and the ratio measures the scheduler as much as the proxy.
  */
 const ROUNDS = Math.max(3, Number(process.env.BENCH_ROUNDS ?? 5)) // medians of at least three
 const DURATION = Number(process.env.BENCH_DURATION ?? 3) // seconds per measurement: short slices, many rounds, so load from elsewhere spreads over every target
@@ -50,6 +57,15 @@ function compileTargets (): string {
 }
 let buildDir = ''
 
+const CORES = availableParallelism()
+const PIN = process.env.BENCH_PIN !== '0' && CORES >= 2 && spawnSync('taskset', ['-V']).status === 0
+/** Pins a process and all its threads to the given cores (list syntax of taskset -c). */
+function pin (pid: number, cores: string): void {
+  if (PIN) execFileSync('taskset', ['-a', '-p', '-c', cores, String(pid)], { stdio: 'ignore' })
+}
+const UNDER_TEST_CORE = String(CORES - 1)
+const GENERATOR_CORES = CORES === 2 ? '0' : `0-${CORES - 2}`
+
 const children: ChildProcess[] = []
 interface Started { port: number, pid: number, child: ChildProcess, v8: string[] }
 function startTarget (args: string[], env: Record<string, string> = {}, viaTsx = false, flags: string[] = []): Promise<Started> {
@@ -63,6 +79,7 @@ function startTarget (args: string[], env: Record<string, string> = {}, viaTsx =
   return new Promise((resolve, reject) => {
     child.once('message', (m) => {
       const msg = m as { port: number, v8?: string[] }
+      pin(child.pid!, args[0] === 'upstream' ? GENERATOR_CORES : UNDER_TEST_CORE)
       resolve({ port: msg.port, pid: child.pid!, child, v8: msg.v8 ?? [] })
     })
     child.once('exit', (code) => reject(new Error(`${TARGET} ${args[0]} exited with ${code}`)))
@@ -88,9 +105,7 @@ async function load (t: Target, seconds: number, amount?: number): Promise<Sampl
     ...(amount === undefined ? { duration: seconds } : { amount }),
     requests: [{
       method: 'GET',
-      setupRequest: (req) => t.tokens.length === 0
-        ? req
-        : { ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } }
+      setupRequest: (req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } })
     }]
   })
   const cpu = t.pid === undefined ? NaN : (cpuMicros(t.pid) - cpu0) / Math.max(1, r.requests.total)
@@ -101,7 +116,7 @@ async function load (t: Target, seconds: number, amount?: number): Promise<Sampl
 async function fixedRate (t: Target, rate: number, seconds: number): Promise<{ p50: number, p99: number, failed: number }> {
   const u = new URL(t.url)
   const pool = new Pool(u.origin, { connections: 64 })
-  const headers = t.tokens.length === 0 ? {} : { authorization: `Bearer ${t.tokens[0]!}` }
+  const headers = { authorization: `Bearer ${t.tokens[0]!}` }
   const total = Math.round(rate * seconds)
   const lat: number[] = []
   let sent = 0
@@ -152,6 +167,8 @@ const fmt = (n: number, d = 0): string => n.toFixed(d)
 
 async function main (): Promise<void> {
   const t0 = Date.now()
+  pin(process.pid, GENERATOR_CORES)
+  console.log(PIN ? `cores: process under test on core ${UNDER_TEST_CORE}, load generator and upstream on ${GENERATOR_CORES}` : `cores: ${CORES}, processes not pinned`)
   buildDir = compileTargets()
   console.log(`compiled the targets in ${fmt((Date.now() - t0) / 1000, 1)} s`)
   const issuer = await startTestIssuer()
@@ -167,6 +184,7 @@ async function main (): Promise<void> {
   let bareRps = 0
   let gatewayMaxRps = 0
   let bareTarget: Target | undefined
+  let upstreamTarget: Target | undefined
   let fullTarget: Target | undefined
 
   if (PHASES.has('throughput') || PHASES.has('fixed')) {
@@ -181,8 +199,9 @@ async function main (): Promise<void> {
     ])
     console.log(`gateway processes: compiled JS started like \`portcullis gateway\` (createGateway); V8 flags: ${full.v8.filter((f) => f !== '--expose-gc').join(' ') || 'none'}`)
     const targets: Target[] = [
-      { name: 'direct upstream', url: `${upstream}/x`, tokens: [], pid: up.pid },
-      { name: 'bare http-proxy', url: at(bare), tokens: [], pid: bare.pid },
+      // the same requests everywhere: the upstream and the bare proxy just ignore / forward the token
+      { name: 'direct upstream', url: `${upstream}/x`, tokens: one, pid: up.pid },
+      { name: 'bare http-proxy', url: at(bare), tokens: one, pid: bare.pid },
       { name: 'gateway, 1 token', url: at(full), tokens: one, pid: full.pid },
       { name: 'gateway, 1,000 tokens', url: at(full), tokens: thousand, pid: full.pid },
       { name: 'gateway, every request a cache miss', url: at(miss), tokens: thousand, pid: miss.pid },
@@ -191,24 +210,36 @@ async function main (): Promise<void> {
       { name: 'gateway - info logs', url: at(noLogs), tokens: one, pid: noLogs.pid },
       { name: 'gateway - verification', url: at(noAuth), tokens: one, pid: noAuth.pid }
     ]
+    upstreamTarget = targets[0]
     bareTarget = targets[1]
     fullTarget = targets[2]
     if (!PHASES.has('throughput')) {
       await load(fullTarget!, 1) // warm the JIT as the throughput phase would
       bareRps = (await load(bareTarget!, DURATION)).rps
     } else {
-      console.log(`warm-up (1 s each), then ${ROUNDS} interleaved rounds of ${DURATION} s x ${targets.length} targets, ${CONNECTIONS} connections`)
+      // Paired slices: each target is measured right after a slice of the bare proxy, and its ratio is
+      // the median over rounds of (target / the bare slice just before). The machine's speed drifts
+      // (other tenants); two back-to-back slices see the same machine, so the ratio holds still.
+      const others = targets.filter((t) => t !== bareTarget)
+      console.log(`warm-up (1 s each), then ${ROUNDS} rounds of ${others.length} pairs (bare proxy ${DURATION} s, then the target ${DURATION} s; order rotated), ${CONNECTIONS} connections`)
       for (const t of targets) {
         const w = await load(t, 1)
         if (w.non2xx > 0) throw new Error(`${t.name}: ${w.non2xx} non-2xx responses during warm-up`)
       }
       const samples = new Map<string, Sample[]>(targets.map((t) => [t.name, []]))
+      const paired = new Map<string, Array<{ rps: number, cpu: number }>>(others.map((t) => [t.name, []]))
+      const measure = async (t: Target): Promise<Sample> => {
+        const s = await load(t, DURATION)
+        if (s.non2xx > 0) throw new Error(`${t.name}: ${s.non2xx} non-2xx responses`)
+        samples.get(t.name)!.push(s)
+        return s
+      }
       for (let r = 0; r < ROUNDS; r++) {
-        const order = targets.map((_, i) => targets[(i + r) % targets.length]!)
+        const order = others.map((_, i) => others[(i + r) % others.length]!)
         for (const t of order) {
-          const s = await load(t, DURATION)
-          if (s.non2xx > 0) throw new Error(`${t.name}: ${s.non2xx} non-2xx responses`)
-          samples.get(t.name)!.push(s)
+          const b = await measure(bareTarget!)
+          const x = await measure(t)
+          paired.get(t.name)!.push({ rps: x.rps / b.rps, cpu: b.cpu / x.cpu })
         }
         process.stdout.write(`  round ${r + 1}/${ROUNDS} done\n`)
       }
@@ -216,23 +247,30 @@ async function main (): Promise<void> {
         const s = samples.get(name)!
         return { rps: median(s.map((x) => x.rps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), non2xx: 0, cpu: median(s.map((x) => x.cpu)) }
       }
+      /** Median of the paired ratios: x bare proxy (req/s) and bare CPU / this CPU per request. */
+      const ratioOf = (name: string): { rps: number, cpu: number } => name === bareTarget!.name
+        ? { rps: 1, cpu: 1 }
+        : { rps: median(paired.get(name)!.map((p) => p.rps)), cpu: median(paired.get(name)!.map((p) => p.cpu)) }
       bareRps = med('bare http-proxy').rps
-      const fullRps = med('gateway, 1 token').rps
       const bareCpu = med('bare http-proxy').cpu
-      console.log('\ntarget (median of rounds)                req/s    p50 ms  p99 ms  x bare proxy   CPU us/req  bare CPU / this')
+      console.log('\ntarget                                 req/s    p50 ms  p99 ms  x bare proxy   CPU us/req  bare CPU / this')
+      console.log('                                       (medians of its slices)    (median of paired ratios)')
       for (const t of targets) {
         const m = med(t.name)
-        console.log(`${t.name.padEnd(38)} ${fmt(m.rps).padStart(7)}  ${fmt(m.p50).padStart(6)}  ${fmt(m.p99).padStart(6)}  ${fmt(m.rps / bareRps, 2).padStart(6)}        ${fmt(m.cpu, 1).padStart(6)}  ${fmt(bareCpu / m.cpu, 2).padStart(6)}`)
+        const q = ratioOf(t.name)
+        console.log(`${t.name.padEnd(38)} ${fmt(m.rps).padStart(7)}  ${fmt(m.p50).padStart(6)}  ${fmt(m.p99).padStart(6)}  ${fmt(q.rps, 2).padStart(6)}        ${fmt(m.cpu, 1).padStart(6)}  ${fmt(q.cpu, 2).padStart(6)}`)
       }
       const fullCpu = med('gateway, 1 token').cpu
-      console.log(`\nper-part cost (full gateway, 1 token: ${fmt(fullCpu, 1)} us CPU per request, bare proxy ${fmt(bareCpu, 1)}; gained by switching the part off):`)
+      const full = ratioOf('gateway, 1 token')
+      console.log(`\nper-part cost (full gateway, 1 token: ${fmt(full.rps, 2)}x the bare proxy's req/s, ${fmt(fullCpu, 1)} us CPU per request against ${fmt(bareCpu, 1)}; gained by switching the part off, from the paired ratios):`)
       for (const [part, name] of [['rate limit', 'gateway - rate limit'], ['metrics', 'gateway - metrics'], ['info logs', 'gateway - info logs'], ['verification + authorization', 'gateway - verification']] as const) {
-        const off = med(name)
-        console.log(`  ${part.padEnd(30)} ${off.rps >= fullRps ? '+' : ''}${fmt((off.rps / fullRps - 1) * 100, 1)}% req/s (${fmt(off.rps)} without it), ${fmt(fullCpu - off.cpu, 1)} us CPU per request`)
+        const off = ratioOf(name)
+        const gain = (off.rps / full.rps - 1) * 100
+        console.log(`  ${part.padEnd(30)} ${gain >= 0 ? '+' : ''}${fmt(gain, 1)}% req/s (${fmt(off.rps, 2)}x bare without it), ~${fmt(bareCpu / full.cpu - bareCpu / off.cpu, 1)} us CPU per request`)
       }
-      gatewayMaxRps = fullRps
-      const ratio = (name: string): number => med(name).rps / bareRps
-      const cpuRatio = (name: string): string => `; CPU per request: bare/gateway ${fmt(bareCpu / med(name).cpu, 2)}`
+      gatewayMaxRps = med('gateway, 1 token').rps
+      const ratio = (name: string): number => ratioOf(name).rps
+      const cpuRatio = (name: string): string => `; CPU per request: bare/gateway ${fmt(ratioOf(name).cpu, 2)}`
       checks.push(
         ['full gateway >= 0.8x bare proxy (cache hits, 1 token)', ratio('gateway, 1 token') >= 0.8, `${fmt(ratio('gateway, 1 token'), 2)}x${cpuRatio('gateway, 1 token')}`],
         ['full gateway >= 0.8x bare proxy (cache hits, 1,000 tokens)', ratio('gateway, 1,000 tokens') >= 0.8, `${fmt(ratio('gateway, 1,000 tokens'), 2)}x${cpuRatio('gateway, 1,000 tokens')}`],
@@ -244,8 +282,10 @@ async function main (): Promise<void> {
   if (PHASES.has('fixed')) {
     const rate = Math.floor(bareRps / 2)
     console.log(`\nfixed rate ${rate} req/s (half the bare proxy's max), ${ROUNDS} interleaved runs of ${DURATION} s:`)
-    const fixed = { bare: [] as number[], gw: [] as number[], bare50: [] as number[], gw50: [] as number[] }
+    const fixed = { bare: [] as number[], gw: [] as number[], bare50: [] as number[], gw50: [] as number[], up: [] as number[] }
     for (let r = 0; r < ROUNDS; r++) {
+      // the upstream alone at the same rate: the floor the load generator and the machine give
+      fixed.up.push((await fixedRate(upstreamTarget!, rate, DURATION)).p99)
       const b = await fixedRate(bareTarget!, rate, DURATION)
       const g = await fixedRate(fullTarget!, rate, DURATION)
       if (b.failed + g.failed > 0) throw new Error(`fixed-rate failures: bare ${b.failed}, gateway ${g.failed}`)
@@ -255,6 +295,7 @@ async function main (): Promise<void> {
       fixed.gw50.push(g.p50)
     }
     const p99Delta = median(fixed.gw) - median(fixed.bare)
+    console.log(`  direct upstream   p99 ${fmt(median(fixed.up), 3)} ms (no proxy: the generator's and the machine's own tail)`)
     console.log(`  bare http-proxy   p50 ${fmt(median(fixed.bare50), 3)} ms  p99 ${fmt(median(fixed.bare), 3)} ms`)
     console.log(`  gateway, 1 token  p50 ${fmt(median(fixed.gw50), 3)} ms  p99 ${fmt(median(fixed.gw), 3)} ms  (p99 ${p99Delta >= 0 ? '+' : ''}${fmt(p99Delta, 3)} ms)`)
     if (median(fixed.bare50) > 5) console.log('  note: the bare proxy\'s p50 is above 5 ms: the machine is saturated (other load), so this comparison says little')
@@ -270,12 +311,13 @@ async function main (): Promise<void> {
     const signStart = Date.now()
     const many = Array.from({ length: DISTINCT_FOR_RSS }, (_, i) => issuer.sign({ sub: `rss-${i}`, ...claims }, { ttl: 3600 }))
     console.log(`  ${DISTINCT_FOR_RSS.toLocaleString('en')} tokens signed in ${fmt((Date.now() - signStart) / 1000, 1)} s`)
-    // The first run is the target: `portcullis gateway` as shipped (its own V8 tuning on). The others are for reference.
+    // The first run is the target: `portcullis gateway` as shipped (bin/portcullis.js runs the compiled
+    // build that `npm ci` / `npm install` make, with the gateway's own V8 tuning). The others are for reference.
     const runs: Array<[string, boolean, string[], Record<string, string>]> = [
       ['compiled JS, as shipped (GATEWAY_MEMORY_TUNING on)', false, [], {}],
       ['compiled JS, GATEWAY_MEMORY_TUNING=false (V8 defaults)', false, [], { GATEWAY_MEMORY_TUNING: 'false' }],
       [`compiled JS, tuning off, ${CAPPED_FLAGS.join(' ')}`, false, CAPPED_FLAGS, { GATEWAY_MEMORY_TUNING: 'false' }],
-      ['tsx (bin/portcullis.js), as shipped', true, [], {}]
+      ['sources through tsx (no build, or PORTCULLIS_TSX=1)', true, [], {}]
     ]
     for (const [label, viaTsx, flags, env] of runs) {
       const g = await gw(env, viaTsx, flags)
@@ -286,8 +328,7 @@ async function main (): Promise<void> {
       const after = rssMb(g.pid)
       const liveAfter = await liveHeapMb(g)
       console.log(`  ${label.padEnd(62)} RSS ${fmt(before)} -> ${fmt(after)} MB; live heap after GC ${fmt(liveBefore)} -> ${fmt(liveAfter)} MB (${fmt(s.rps)} req/s, every token new)`)
-      // both ways of running `portcullis gateway`: built JS (npm run build) and bin/portcullis.js (tsx) as shipped
-      if (label === runs[0]![0] || label === runs[3]![0]) checks.push([`RSS after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens <= 150 MB (${label})`, after <= 150, `${fmt(after)} MB`])
+      if (label === runs[0]![0]) checks.push([`RSS after ${DISTINCT_FOR_RSS.toLocaleString('en')} distinct tokens <= 150 MB (${label})`, after <= 150, `${fmt(after)} MB`])
       g.child.kill('SIGTERM')
     }
   }

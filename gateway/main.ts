@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError } from '../lib/errors.js'
 import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
-import { JWKS_ENV, jwksTimingsFromEnv } from '../lib/jwks-env.js'
+import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
 import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
@@ -92,7 +92,7 @@ export async function createGateway (s: GatewaySettings, env: Env = process.env,
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
-    auth: jwksTimingsFromEnv(env),
+    auth: jwksOptionsFromEnv(env),
     ...extra
   })
   return { gw, config }

@@ -1,16 +1,21 @@
-import { envDuration, type Env } from './env.js'
-import { DEFAULT_KEY_CACHE_TTL, DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, type JwksAuthOptions } from '../plugins/auth-options.js'
+import { envDuration, envInt, type Env } from './env.js'
+import { DEFAULT_KEY_CACHE_TTL, DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_MAX, type JwksAuthOptions } from '../plugins/auth-options.js'
 
 /** The verifier-side JWKS timings every verifying process (gateway, services) reads from its env. */
 export const JWKS_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['JWKS_REFRESH_INTERVAL', `${DEFAULT_REFRESH_INTERVAL}s`, 'how often the issuer\'s JWKS is re-fetched in the background (conditional request); keep it well under KEY_PREPUBLISH'],
   ['JWKS_CACHE_TTL', `${DEFAULT_KEY_CACHE_TTL}s`, 'how long a fetched JWKS counts as fresh; at most VERIFIER_CACHE_MAX'],
-  ['JWKS_KID_MISS_COOLDOWN', `${DEFAULT_KID_MISS_COOLDOWN}s`, 'least time between two fetches caused by tokens with an unknown kid']
+  ['JWKS_KID_MISS_COOLDOWN', `${DEFAULT_KID_MISS_COOLDOWN}s`, 'least time between two fetches caused by tokens with an unknown kid'],
+  ['JWKS_TOKEN_CACHE_MAX', String(DEFAULT_TOKEN_CACHE_MAX), 'verified tokens cached per process (~1.3 KB each; 0 disables)']
 ]
 
-/** jwks-auth timing options from `JWKS_REFRESH_INTERVAL`, `JWKS_CACHE_TTL`, `JWKS_KID_MISS_COOLDOWN` (seconds or with a unit). */
-export function jwksTimingsFromEnv (env: Env): Pick<JwksAuthOptions, 'refreshInterval' | 'keyCacheTtl' | 'kidMissCooldown'> {
+/**
+ * jwks-auth options from `JWKS_REFRESH_INTERVAL`, `JWKS_CACHE_TTL`, `JWKS_KID_MISS_COOLDOWN` (seconds
+ * or with a unit) and `JWKS_TOKEN_CACHE_MAX`.
+ */
+export function jwksOptionsFromEnv (env: Env): Pick<JwksAuthOptions, 'refreshInterval' | 'keyCacheTtl' | 'kidMissCooldown' | 'tokenCacheMax'> {
   return {
+    tokenCacheMax: envInt(env, 'JWKS_TOKEN_CACHE_MAX', DEFAULT_TOKEN_CACHE_MAX, { min: 0, max: 10_000_000 }),
     refreshInterval: envDuration(env, 'JWKS_REFRESH_INTERVAL', DEFAULT_REFRESH_INTERVAL, { min: 0.01 }),
     keyCacheTtl: envDuration(env, 'JWKS_CACHE_TTL', DEFAULT_KEY_CACHE_TTL, { min: 1 }),
     kidMissCooldown: envDuration(env, 'JWKS_KID_MISS_COOLDOWN', DEFAULT_KID_MISS_COOLDOWN, { min: 0 })

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module'
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
 import { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { promClient, type Registry } from './metrics.js'
 
@@ -77,6 +77,8 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
 
   let redis: Redis | undefined
   if (typeof opts.redis === 'string') {
+    // loaded only when used: ~1 MB of heap a gateway with in-memory limits does not need
+    const { Redis } = await import('ioredis')
     redis = new Redis(opts.redis, {
       enableOfflineQueue: false, // fail at once while disconnected instead of queueing requests
       maxRetriesPerRequest: 0,

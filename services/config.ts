@@ -1,6 +1,6 @@
 import { envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
-import { JWKS_ENV, jwksTimingsFromEnv } from '../lib/jwks-env.js'
+import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 
 export const SERVICE_KINDS = ['user', 'order', 'product'] as const
 export type ServiceKind = typeof SERVICE_KINDS[number]
@@ -32,7 +32,7 @@ export interface ServiceConfig {
   /** Seconds between the order service's background catalog refreshes; 0 disables them. */
   catalogRefresh: number
   /** jwks-auth timings (JWKS_REFRESH_INTERVAL, JWKS_CACHE_TTL, JWKS_KID_MISS_COOLDOWN). */
-  jwks: ReturnType<typeof jwksTimingsFromEnv>
+  jwks: ReturnType<typeof jwksOptionsFromEnv>
   logLevel: string
 }
 
@@ -65,7 +65,7 @@ export function serviceConfigFromEnv (kind: ServiceKind, env: Env): ServiceConfi
     userServiceUrl: url(env, 'USER_SERVICE_URL', local('user')),
     productServiceUrl: url(env, 'PRODUCT_SERVICE_URL', local('product')),
     catalogRefresh: envDuration(env, 'ORDER_CATALOG_REFRESH', DEFAULT_CATALOG_REFRESH_S),
-    jwks: jwksTimingsFromEnv(env),
+    jwks: jwksOptionsFromEnv(env),
     logLevel: envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info')
   }
 }

@@ -102,7 +102,13 @@ t.test('header hygiene: what the upstream receives', async (t) => {
   t.equal(kept.json<{ headers: Record<string, string> }>().headers['x-request-id'], 'client-req-42', 'a well-formed incoming id is kept')
   t.equal(kept.headers['x-request-id'], 'client-req-42')
   const bad = await rawRequest(base, '/a/h', { headers: { 'x-request-id': 'has spaces "and" quotes' } })
-  t.not(bad.json<{ headers: Record<string, string> }>().headers['x-request-id'], 'has spaces "and" quotes', 'a malformed id is replaced')
+  const replaced = bad.json<{ headers: Record<string, string> }>().headers['x-request-id']
+  t.not(replaced, 'has spaces "and" quotes', 'a malformed id is replaced')
+  t.match(replaced, /^[0-9a-f]{16}-[0-9a-z]+$/, 'by a generated <process prefix>-<counter> id')
+  const ids = new Set<string>()
+  for (let i = 0; i < 5; i++) ids.add((await rawRequest(base, '/a/h')).headers['x-request-id'] as string)
+  ids.add(replaced!)
+  t.equal(ids.size, 6, 'generated ids are distinct')
 })
 
 t.test('Upgrade: h2c and Expect are not forwarded (no 500)', async (t) => {

@@ -65,6 +65,8 @@ t.test('bad commands and settings fail with one clear message', async (t) => {
   t.throws(() => serviceConfigFromEnv('user', { AUTH_ISSUER: 'ftp://x' }), { message: /AUTH_ISSUER/ })
   t.throws(() => serviceConfigFromEnv('user', { SERVICE_UPSTREAM_TIMEOUT: 'soon' }), { message: /SERVICE_UPSTREAM_TIMEOUT/ })
   t.throws(() => serviceConfigFromEnv('user', { JWKS_REFRESH_INTERVAL: '-1' }), { message: /JWKS_REFRESH_INTERVAL/ })
+  t.throws(() => serviceConfigFromEnv('user', { JWKS_TOKEN_CACHE_MAX: 'lots' }), { message: /JWKS_TOKEN_CACHE_MAX/ })
+  t.throws(() => serviceConfigFromEnv('user', { JWKS_TOKEN_CACHE_MAX: '-1' }), { message: /JWKS_TOKEN_CACHE_MAX/ })
   t.throws(() => serviceConfigFromEnv('user', { LOG_LEVEL: 'loud' }), { message: /LOG_LEVEL/ })
   const ok = serviceConfigFromEnv('order', { AUTH_ISSUER: 'http://auth.local:4000/', SERVICE_HOST: '0.0.0.0' })
   t.match(ok, { port: 3002, issuer: 'http://auth.local:4000', jwksUri: 'http://auth.local:4000/.well-known/jwks.json', tokenUrl: 'http://auth.local:4000/oauth/token', userServiceUrl: 'http://127.0.0.1:3001', upstreamTimeout: 5000, client: undefined })

@@ -3,8 +3,8 @@ import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import type { Writable } from 'node:stream'
 
-/** `bin/portcullis.js`: each child runs the same CLI as a user would. */
-export const CLI_BIN = fileURLToPath(new URL('../../bin/portcullis.js', import.meta.url))
+/** `bin/portcullis.js`: each child runs the same CLI as a user would (from the sources or from dist/). */
+export const CLI_BIN = fileURLToPath(new URL(import.meta.url.includes('/dist/cli/') ? '../../../bin/portcullis.js' : '../../bin/portcullis.js', import.meta.url))
 
 export type LogFormat = 'pretty' | 'json'
 
