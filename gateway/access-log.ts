@@ -50,8 +50,10 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
     let route = pattern === undefined ? '' : routes.get(pattern)
     if (route === undefined) routes.set(pattern!, route = `,"route":${JSON.stringify(pattern)}`)
     const sub = request.user?.sub
+    const ip = request.ip // undefined once the client's socket is gone
+    // like pino, a field whose value is undefined is left out
     stream.write(`{"level":30,"time":${Date.now()}${bindings},"reqId":${JSON.stringify(request.id)},"method":${JSON.stringify(request.method)},` +
       `"url":${JSON.stringify(request.url)}${route},"statusCode":${reply.statusCode},"responseTime":${Math.round(reply.elapsedTime * 1000) / 1000}` +
-      `${sub === undefined ? '' : `,"sub":${JSON.stringify(String(sub))}`},"ip":${JSON.stringify(request.ip)},"msg":"request completed"}\n`)
+      `${sub === undefined ? '' : `,"sub":${JSON.stringify(String(sub))}`}${ip === undefined ? '' : `,"ip":${JSON.stringify(ip)}`},"msg":"request completed"}\n`)
   }
 }

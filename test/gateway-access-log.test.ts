@@ -2,6 +2,7 @@ import t from 'tap'
 import pino from 'pino'
 import { Writable } from 'node:stream'
 import { buildGateway, gatewayLogger } from '../gateway/server.js'
+import { accessLogger } from '../gateway/access-log.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream } from './helpers/upstream.js'
 import { startTestIssuer } from './helpers/issuer.js'
@@ -82,4 +83,16 @@ t.test('a logger not made by gatewayLogger gets the access line through request.
   const access = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'request completed')
   t.equal(access.length, 1)
   t.match(access[0], { name: 'custom', reqId: 'rid-2', url: '/open/x', route: '/open/*', statusCode: 200 })
+})
+
+t.test('fields that are undefined are left out, as pino does (a client gone before the line: no ip)', async (t) => {
+  const { lines, stream } = sink()
+  const logger = gatewayLogger('info', stream)
+  const write = accessLogger(logger)
+  const request = { id: 'rid-3', method: 'GET', url: '/x', routeOptions: { url: undefined }, user: null, ip: undefined }
+  write(request as never, { statusCode: 499, elapsedTime: 1.5 } as never)
+  t.equal(lines.length, 1)
+  const rec = JSON.parse(lines[0]!) as Record<string, unknown>
+  t.match(rec, { reqId: 'rid-3', url: '/x', statusCode: 499, responseTime: 1.5, msg: 'request completed' })
+  t.notOk('ip' in rec || 'sub' in rec || 'route' in rec, 'no ip, sub or route member')
 })
