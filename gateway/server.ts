@@ -8,10 +8,9 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
 import { accessLogger, kPlainFormat } from './access-log.js'
-import { releaseProbe } from './routes.js'
 import { BatchedDestination } from './log-destination.js'
 import { BadPathError, RouteNotFoundError, type ErrorBody } from './errors.js'
-import { registerRoutes } from './routes.js'
+import { registerRoutes, releaseProbe } from './routes.js'
 import type { GatewayConfig } from './config.js'
 
 export const DEFAULT_HSTS_MAX_AGE = 31_536_000 // seconds (one year)
