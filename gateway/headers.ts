@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
+import { userMemo } from '../plugins/jwks-verify.js'
 
 /** An incoming `x-request-id` is kept only when it looks like an id (no spaces, quotes or control bytes). */
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
@@ -61,21 +62,22 @@ const DROPPED = new Set([...HOP_BY_HOP, ...METHOD_OVERRIDE])
 export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
 
 interface IdentityHeaders { id: string, role?: string, permissions?: string }
-/**
- * Identity header values per verified user object: a verified-token cache hit hands out the same
- * (frozen) object, so its values are encoded once, not on every request.
- */
-const identityCache = new WeakMap<VerifiedIdentity, IdentityHeaders>()
+const kIdentity = Symbol('portcullis.identityHeaders')
 
+/**
+ * Identity header values of a verified user, kept in its memo slot (userMemo): a verified-token
+ * cache hit hands out the same (frozen) user, so its values are encoded once, not on every request.
+ */
 function identityHeaders (user: VerifiedIdentity): IdentityHeaders {
-  let h = identityCache.get(user)
+  const memo = userMemo(user)
+  let h = memo?.[kIdentity] as IdentityHeaders | undefined
   if (h === undefined) {
     h = {
       id: headerSafe(wellFormed(String(user.sub))),
       role: typeof user.role === 'string' ? headerSafe(wellFormed(user.role)) : undefined,
       permissions: Array.isArray(user.permissions) ? user.permissions.map((p) => headerSafe(wellFormed(String(p)))).join(',') : undefined
     }
-    identityCache.set(user, h)
+    if (memo !== undefined) memo[kIdentity] = h
   }
   return h
 }
