@@ -47,17 +47,14 @@ function wellFormed (s: string): string {
 
 /** Forwarding headers: kept only from a trusted proxy, otherwise rewritten from the socket. */
 const FORWARDING = new Set(['forwarded', 'x-real-ip'])
-/** Asks a framework to treat the request as another method. */
-const METHOD_OVERRIDE = new Set(['x-http-method-override', 'x-http-method', 'x-method-override'])
 /**
- * Hop-by-hop and upgrade headers: never forwarded (RFC 9110 7.6.1). undici refuses some of them
- * (`upgrade`, `keep-alive`, `expect`), which would otherwise be a 500.
+ * Never forwarded, whatever the peer. Hop-by-hop and upgrade headers (RFC 9110 7.6.1; undici refuses
+ * some of them, `upgrade`, `keep-alive`, `expect`, which would otherwise be a 500), and the
+ * method-override headers that ask a framework to treat the request as another method.
  */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding',
-  'upgrade', 'http2-settings', 'expect', 'proxy-authorization'])
-
-/** Never forwarded whatever the peer: hop-by-hop and method-override headers. */
-const DROPPED = new Set([...HOP_BY_HOP, ...METHOD_OVERRIDE])
+const DROPPED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding',
+  'upgrade', 'http2-settings', 'expect', 'proxy-authorization',
+  'x-http-method-override', 'x-http-method', 'x-method-override'])
 
 export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
 

@@ -1,9 +1,9 @@
 import t, { type Test } from 'tap'
-import { Writable } from 'node:stream'
 import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 import { startTestIssuer } from './helpers/issuer.js'
+import { logSink } from './helpers/log-sink.js'
 
 async function start (t: Test, routes: (a: EchoUpstream, b: EchoUpstream) => unknown[], extra: Record<string, unknown> = {}): Promise<{ gw: Gateway, base: string, a: EchoUpstream, b: EchoUpstream }> {
   const a = await echoUpstream('a')
@@ -131,16 +131,6 @@ t.test('forwarding headers from a trusted proxy are kept and extended', async (t
 })
 
 /** A writable that parses each JSON log line into `lines`. */
-function logSink (): { lines: Array<Record<string, unknown>>, sink: Writable } {
-  const lines: Array<Record<string, unknown>> = []
-  const sink = new Writable({
-    write (chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
-      cb()
-    }
-  })
-  return { lines, sink }
-}
 
 t.test('one access-log line per request with the request id; secrets redacted', async (t) => {
   const { lines, sink } = logSink()
