@@ -37,7 +37,8 @@ export function authMetrics (registry: Registry): AuthMetrics {
       help: 'Time to verify one bearer token, by verified-token cache outcome',
       labelNames: ['cache'],
       buckets: [0.000005, 0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1],
-      registers
+      registers,
+      collect: collectHotCounts // observed locally on the hot path (hotHistogram)
     }),
     refresh: existing(registry, 'portcullis_jwks_refresh_total') ?? new promClient.Counter({
       name: 'portcullis_jwks_refresh_total',

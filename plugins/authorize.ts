@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { FastifyContextConfig, FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, RouteOptions } from 'fastify'
+import type { FastifyContextConfig, FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, preHandlerHookHandler, RouteOptions } from 'fastify'
 import { forbiddenError, httpErrorFor } from './auth-errors.js'
 import type { VerifiedUser } from './jwks-verify.js'
 
@@ -41,19 +41,31 @@ export function missingRight (user: VerifiedUser, rules: RouteAuthRules): string
   return null
 }
 
+/** The refusal for a request that fails `rules`, or null when it may pass. */
+function refusal (request: FastifyRequest, rules: RouteAuthRules): Error | null {
+  const user = currentUser(request)
+  if (user === null) return httpErrorFor('missing')
+  const missing = missingRight(user, rules)
+  if (missing === null) return null
+  request.log.info({ event: 'auth_forbidden', sub: user.sub, route: request.routeOptions.url, method: request.method, missing }, 'authorization refused')
+  return forbiddenError()
+}
+
 /**
  * A preHandler enforcing rules: 401 (`invalid_token`) when the request is not authenticated, 403
  * (`insufficient_scope`) when the user lacks a right. The body never says which right.
  */
 export function requireRules (rules: RouteAuthRules): preHandlerAsyncHookHandler {
   return async function authorizeRequest (request) {
-    const user = currentUser(request)
-    if (user === null) throw httpErrorFor('missing')
-    const missing = missingRight(user, rules)
-    if (missing !== null) {
-      request.log.info({ event: 'auth_forbidden', sub: user.sub, route: request.routeOptions.url, method: request.method, missing }, 'authorization refused')
-      throw forbiddenError()
-    }
+    const err = refusal(request, rules)
+    if (err !== null) throw err
+  }
+}
+
+/** requireRules as a callback-style hook: no promise per request on the routes the plugin guards. */
+function rulesHook (rules: RouteAuthRules): preHandlerHookHandler {
+  return function authorizeRequest (request, _reply, done) {
+    done(refusal(request, rules) ?? undefined)
   }
 }
 
@@ -91,7 +103,7 @@ const authorize: FastifyPluginAsync = async (app) => {
     if (rules === undefined || rules === false) return
     const checked = checkRules(rules, `${String(route.method)} ${route.url}`)
     const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler]
-    route.preHandler = [...existing, requireRules(checked)]
+    route.preHandler = [...existing, rulesHook(checked)]
     // A fresh object: a config shared by several routes must not mark routes this hook never saw.
     const marked: FastifyContextConfig & { [ENFORCED]?: boolean } = { ...route.config, [ENFORCED]: true }
     route.config = marked
@@ -99,21 +111,21 @@ const authorize: FastifyPluginAsync = async (app) => {
   // A route declared before this plugin was registered never went through onRoute, yet the
   // authentication hook still covers it: enforce its rules here instead of silently ignoring them.
   // Callback style: this runs on every request and must cost nothing for routes already handled.
-  app.addHook('preHandler', (request, reply, done) => {
+  app.addHook('preHandler', (request, _reply, done) => {
     const config = request.routeOptions.config as { auth?: unknown, [ENFORCED]?: boolean } | undefined
     const rules = config?.auth
     if (rules === undefined || rules === false || config?.[ENFORCED] === true) {
       done()
       return
     }
-    let enforce: preHandlerAsyncHookHandler
+    let checked: RouteAuthRules
     try {
-      enforce = requireRules(checkRules(rules, `${request.method} ${request.routeOptions.url ?? ''}`))
+      checked = checkRules(rules, `${request.method} ${request.routeOptions.url ?? ''}`)
     } catch (err) {
       done(err as Error)
       return
     }
-    enforce.call(app, request, reply).then(() => done(), done)
+    done(refusal(request, checked) ?? undefined)
   })
 }
 

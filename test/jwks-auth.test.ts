@@ -87,14 +87,14 @@ t.test('global: false leaves routes open unless they use app.authenticate; confi
     'rules without authentication fail closed')
 })
 
-t.test('two Authorization headers are a 400', async (t) => {
+t.test('two Authorization headers are a 400, whether or not the token is cached', async (t) => {
   const issuer = await startTestIssuer()
   t.teardown(() => issuer.close())
   const app = await buildApp(issuer)
   t.teardown(() => app.close())
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
   const token = issuer.sign()
-  const status = await new Promise<number>((resolve, reject) => {
+  const twice = (): Promise<number> => new Promise<number>((resolve, reject) => {
     const req = httpRequest(`${address}/me`, { headers: [['Authorization', `Bearer ${token}`], ['authorization', `Bearer ${token}`]] as unknown as Record<string, string> }, (res) => {
       res.resume()
       resolve(res.statusCode ?? 0)
@@ -102,9 +102,15 @@ t.test('two Authorization headers are a 400', async (t) => {
     req.on('error', reject)
     req.end()
   })
-  t.equal(status, 400)
+  t.equal(await twice(), 400)
   const one = await fetch(`${address}/me`, { headers: { authorization: `Bearer ${token}` } })
   t.equal(one.status, 200)
+  // the token is now in the verified-token cache: the cache-hit path still counts the headers
+  t.equal(await twice(), 400, 'refused on a cache hit too')
+  const spaced = await fetch(`${address}/me`, { headers: { authorization: `Bearer  ${token}` } })
+  t.equal(spaced.status, 200, 'other spellings of a cached token take the full parse and pass')
+  const trailing = await fetch(`${address}/me`, { headers: { authorization: `Bearer ${token}x` } })
+  t.equal(trailing.status, 401, 'a cached token with a byte appended is verified, and fails')
 })
 
 /** An app whose only route calls @fastify/jwt's `request.jwtVerify()`, with the plugin's keys loaded. */
