@@ -23,12 +23,13 @@ export interface MetricsPluginOptions {
    */
   routeSummary?: boolean
   /**
-   * Record the HTTP histogram with one onResponse hook timed by Fastify's own `reply.elapsedTime`
-   * instead of fastify-metrics' two per-request hooks (a WeakMap entry, an hrtime timer closure and
-   * four `request.routeOptions` objects per request: ~5 µs of a proxied request, measured on the
-   * gateway bench). Same metric name, help, labels (`method`, `route` = the route pattern,
-   * `status_code`) and buckets; fastify-metrics still provides the process metrics. Implies no
-   * summary. @defaultValue false
+   * Record the HTTP histogram with one route-level onResponse hook per route, timed by Fastify's own
+   * `reply.elapsedTime` and counted locally between scrapes (hotHistogram), instead of
+   * fastify-metrics' two per-request hooks (a WeakMap entry, an hrtime timer closure and four
+   * `request.routeOptions` objects per request). Same metric name, help, labels (`method`, `route` =
+   * the route pattern, `status_code`) and buckets; fastify-metrics still provides the process
+   * metrics. Covers the routes declared after the plugin is registered. Implies no summary.
+   * @defaultValue false
    */
   leanRouteHistogram?: boolean
 }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -45,4 +45,27 @@ process.exit(0)`
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
   t.equal(r.status, 0, r.stderr)
   t.equal(r.stdout, '{"msg":"last words"}\n')
+})
+
+t.test('a reader that stops reading (EAGAIN) loses nothing: the rest is kept, in order, for the next flush', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-logdest-'))
+  const fifo = join(dir, 'pipe')
+  t.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo')
+  const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  const writer = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+  const dest = new BatchedDestination({ fd: writer, batch: 1000, flushInterval: 60_000 })
+  t.teardown(() => { dest.close(); closeSync(writer); closeSync(reader); rmSync(dir, { recursive: true, force: true }) })
+  // ~200 KB: several times what a pipe holds (64 KiB on Linux), so writes end in EAGAIN mid-batch
+  const lines = Array.from({ length: 2000 }, (_, i) => `{"n":${i},"pad":"${'p'.repeat(90)}"}\n`)
+  for (const l of lines) dest.write(l)
+  t.equal(dest.dropped, 0, 'held back, not dropped')
+  let got = ''
+  const chunk = Buffer.alloc(65536)
+  for (let i = 0; i < 100 && got.length < lines.join('').length; i++) {
+    let n = 0
+    try { n = readSync(reader, chunk, 0, chunk.length, null) } catch { n = 0 } // EAGAIN: empty for now
+    got += chunk.toString('utf8', 0, n)
+    dest.flush()
+  }
+  t.equal(got, lines.join(''), 'every line once, in order')
 })
