@@ -42,7 +42,7 @@ export function jsonString (s: string): string {
  * Returns a function writing the access line of a request: with a logger from `gatewayLogger` the
  * line is put together here and handed to its destination (the same JSON pino writes for
  * `request.log.info(fields, 'request completed')`: level, time, the logger's bindings, reqId, the
- * fields, msg; ~0.5 µs instead of ~3 µs through pino). The fields hold no redacted key. Any other
+ * fields, msg; well under a µs instead of ~3 µs through pino). The fields hold no redacted key. Any other
  * logger gets `request.log.info`.
  */
 export function accessLogger (logger: Logger | undefined): (request: FastifyRequest, reply: FastifyReply) => void {
@@ -51,17 +51,45 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   }
   const bindings = (logger as unknown as Record<symbol, string>)[chindingsSym]!
   const stream = (logger as unknown as Record<symbol, { write (s: string): void }>)[streamSym]!
-  const routes = new Map<string, string>() // route pattern -> its JSON member
+  // JSON members that repeat from request to request, rendered once: route patterns and methods
+  // (few), and the last time, sub and client address seen (many requests share a millisecond, a
+  // caller, a connection).
+  const routes = new Map<string, string>() // route pattern -> its member
+  const methods = new Map<string, string>() // method -> `,"method":"GET",`
+  let lastTime = 0
+  let lastHead = ''
+  let lastSub: unknown
+  let lastSubMember = ''
+  let lastIp: string | undefined
+  let lastIpMember = ''
   return (request, reply) => {
     if (!logger.isLevelEnabled('info')) return
+    const now = Date.now()
+    if (now !== lastTime) {
+      lastTime = now
+      lastHead = `{"level":30,"time":${now}${bindings},"reqId":`
+    }
     const pattern = request.routeOptions.url
     let route = pattern === undefined ? '' : routes.get(pattern)
     if (route === undefined) routes.set(pattern!, route = `,"route":${JSON.stringify(pattern)}`)
+    const m = request.method
+    let method = methods.get(m)
+    if (method === undefined) {
+      method = `,"method":${jsonString(m)},`
+      if (methods.size < 64) methods.set(m, method) // arbitrary method tokens are not kept
+    }
     const sub = request.user?.sub
+    if (sub !== lastSub) {
+      lastSub = sub
+      lastSubMember = sub === undefined ? '' : `,"sub":${jsonString(String(sub))}`
+    }
     const ip = request.ip // undefined once the client's socket is gone
+    if (ip !== lastIp) {
+      lastIp = ip
+      lastIpMember = ip === undefined ? '' : `,"ip":${jsonString(ip)}`
+    }
     // like pino, a field whose value is undefined is left out
-    stream.write(`{"level":30,"time":${Date.now()}${bindings},"reqId":${jsonString(request.id)},"method":${jsonString(request.method)},` +
-      `"url":${jsonString(request.url)}${route},"statusCode":${reply.statusCode},"responseTime":${Math.round(reply.elapsedTime * 1000) / 1000}` +
-      `${sub === undefined ? '' : `,"sub":${jsonString(String(sub))}`}${ip === undefined ? '' : `,"ip":${jsonString(ip)}`},"msg":"request completed"}\n`)
+    stream.write(`${lastHead}${jsonString(request.id)}${method}"url":${jsonString(request.url)}${route},"statusCode":${reply.statusCode},` +
+      `"responseTime":${Math.round(reply.elapsedTime * 1000) / 1000}${lastSubMember}${lastIpMember},"msg":"request completed"}\n`)
   }
 }

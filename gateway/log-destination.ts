@@ -1,13 +1,13 @@
 import { writeSync } from 'node:fs'
 
-export const DEFAULT_LOG_BATCH = 4096 // bytes gathered before one write
+export const DEFAULT_LOG_BATCH = 32 * 1024 // bytes gathered before one write: a write(2) costs ~10 µs on a VM, ~0.1 µs per line at this size
 export const DEFAULT_LOG_FLUSH_INTERVAL = 200 // ms: a quiet gateway's lines still appear promptly
 export const DEFAULT_LOG_MAX_PENDING = 8 * 1024 * 1024 // bytes held while the reader is stuck; beyond, lines are dropped
 
 export interface BatchedDestinationOptions {
   /** File descriptor to write to. @defaultValue 1 (stdout) */
   fd?: number
-  /** Bytes gathered before a write. @defaultValue 4096 */
+  /** Bytes gathered before a write. @defaultValue 32768 */
   batch?: number
   /** Longest time a line waits, in ms. @defaultValue 200 */
   flushInterval?: number
@@ -17,7 +17,7 @@ export interface BatchedDestinationOptions {
 
 /**
  * A pino destination that encodes lines straight into one buffer and writes it with one synchronous
- * `write(2)` per batch (4 KiB or 200 ms). No array of lines, no join, no Buffer per batch: ~0.2 µs
+ * `write(2)` per batch (32 KiB or 200 ms). No array of lines, no join, no Buffer per batch: ~0.2 µs
  * per line, with the write (against ~0.3 µs gathering strings and joining them, and ~2.6 µs with
  * pino.destination({ sync: false, minLength: 4096 }), which re-measures its whole pending string on
  * every line and hands each batch to the thread pool).
@@ -40,7 +40,7 @@ export class BatchedDestination {
     this.#fd = opts.fd ?? 1
     this.#batch = opts.batch ?? DEFAULT_LOG_BATCH
     this.#maxPending = opts.maxPending ?? DEFAULT_LOG_MAX_PENDING
-    this.#buf = Buffer.allocUnsafe(Math.min(this.#maxPending, this.#batch * 4 + 16 * 1024))
+    this.#buf = Buffer.allocUnsafe(Math.min(this.#maxPending, this.#batch + 16 * 1024))
     this.#timer = setInterval(() => { this.#flushNow() }, opts.flushInterval ?? DEFAULT_LOG_FLUSH_INTERVAL).unref()
     process.on('exit', this.#onExit)
   }
@@ -59,7 +59,7 @@ export class BatchedDestination {
       }
       if (this.#buf.length - this.#used < need) this.#grow(this.#used + need)
     }
-    this.#used += this.#buf.write(line, this.#used, 'utf8')
+    this.#used += (this.#buf as Buffer & { utf8Write (s: string, offset: number): number }).utf8Write(line, this.#used)
     if (this.#used >= this.#batch) this.#flushNow()
   }
 

@@ -26,6 +26,7 @@ t.test('the access line is the JSON pino writes for the same fields, with awkwar
 
   const cases = [
     { url: '/a/x?q=%22quoted%22&u=%E2%80%A8', sub: 'plain-user' },
+    { url: '/a/p', sub: 'plain-user', method: 'DELETE' }, // same caller, another method: members rendered once per value stay right
     { url: '/a/y', sub: 'quote"back\\slash\u2028line\u0001ctl' },
     { url: '/a/z', sub: 'ünïcödé 🚪' },
     { url: '/open/anon', sub: undefined },
@@ -36,7 +37,7 @@ t.test('the access line is the JSON pino writes for the same fields, with awkwar
     lines.length = 0
     const headers: Record<string, string> = { 'x-request-id': 'rid-1' }
     if (c.sub !== undefined) headers.authorization = `Bearer ${issuer.sign({ sub: c.sub })}`
-    const r = await gw.app.inject({ url: c.url, headers })
+    const r = await gw.app.inject({ url: c.url, method: c.method ?? 'GET', headers })
     const access = lines.filter((l) => l.msg === 'request completed')
     t.equal(access.length, 1, `${c.url}: one access line`)
     const got = access[0]!
@@ -44,7 +45,7 @@ t.test('the access line is the JSON pino writes for the same fields, with awkwar
     const expected: string[] = []
     const reference = pino({ name: 'gateway' }, { write: (s: string) => { expected.push(s) } })
     reference.child({ reqId: 'rid-1' }).info({
-      method: 'GET',
+      method: c.method ?? 'GET',
       url: c.url,
       route: got.route === undefined ? undefined : (c.url.startsWith('/open') ? '/open/*' : '/a/*'),
       statusCode: r.statusCode,
