@@ -38,22 +38,27 @@ export function jsonString (s: string): string {
   return JSON_PLAIN.test(s) ? `"${s}"` : JSON.stringify(s)
 }
 
+/** A destination that can hold structured lines back (BatchedDestination). */
+interface DeferringDestination {
+  write (line: string): void
+  holdBack (drain: () => void): void
+  append (line: string): void
+}
+
+function defers (stream: unknown): stream is DeferringDestination {
+  return typeof (stream as DeferringDestination).holdBack === 'function' && typeof (stream as DeferringDestination).append === 'function'
+}
+
+/** Access records kept between two drains. */
+const HELD_RECORDS = 64
+
 /**
- * Returns a function writing the access line of a request: with a logger from `gatewayLogger` the
- * line is put together here and handed to its destination (the same JSON pino writes for
- * `request.log.info(fields, 'request completed')`: level, time, the logger's bindings, reqId, the
- * fields, msg; well under a µs instead of ~3 µs through pino). The fields hold no redacted key. Any other
- * logger gets `request.log.info`.
+ * Renders access lines, the same JSON pino writes for `request.log.info(fields, 'request completed')`
+ * (level, time, the logger's bindings, reqId, the fields, msg). Members that repeat from line to line
+ * are rendered once: route patterns and methods (few), and the last time, sub and client address
+ * seen (many requests share a millisecond, a caller, a connection).
  */
-export function accessLogger (logger: Logger | undefined): (request: FastifyRequest, reply: FastifyReply) => void {
-  if (logger === undefined || (logger as Logger & { [kPlainFormat]?: boolean })[kPlainFormat] !== true) {
-    return (request, reply) => { request.log.info(accessFields(request, reply), 'request completed') }
-  }
-  const bindings = (logger as unknown as Record<symbol, string>)[chindingsSym]!
-  const stream = (logger as unknown as Record<symbol, { write (s: string): void }>)[streamSym]!
-  // JSON members that repeat from request to request, rendered once: route patterns and methods
-  // (few), and the last time, sub and client address seen (many requests share a millisecond, a
-  // caller, a connection).
+function lineRenderer (bindings: string): (time: number, id: string, method: string, url: string, route: string | undefined, statusCode: number, elapsed: number, sub: unknown, ip: string | undefined) => string {
   const routes = new Map<string, string>() // route pattern -> its member
   const methods = new Map<string, string>() // method -> `,"method":"GET",`
   let lastTime = 0
@@ -62,34 +67,88 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   let lastSubMember = ''
   let lastIp: string | undefined
   let lastIpMember = ''
-  return (request, reply) => {
-    if (!logger.isLevelEnabled('info')) return
-    const now = Date.now()
-    if (now !== lastTime) {
-      lastTime = now
-      lastHead = `{"level":30,"time":${now}${bindings},"reqId":`
+  return (time, id, m, url, pattern, statusCode, elapsed, sub, ip) => {
+    if (time !== lastTime) {
+      lastTime = time
+      lastHead = `{"level":30,"time":${time}${bindings},"reqId":`
     }
-    const pattern = request.routeOptions.url
     let route = pattern === undefined ? '' : routes.get(pattern)
     if (route === undefined) routes.set(pattern!, route = `,"route":${JSON.stringify(pattern)}`)
-    const m = request.method
     let method = methods.get(m)
     if (method === undefined) {
       method = `,"method":${jsonString(m)},`
       if (methods.size < 64) methods.set(m, method) // arbitrary method tokens are not kept
     }
-    const sub = request.user?.sub
     if (sub !== lastSub) {
       lastSub = sub
       lastSubMember = sub === undefined ? '' : `,"sub":${jsonString(String(sub))}`
     }
-    const ip = request.ip // undefined once the client's socket is gone
     if (ip !== lastIp) {
       lastIp = ip
       lastIpMember = ip === undefined ? '' : `,"ip":${jsonString(ip)}`
     }
     // like pino, a field whose value is undefined is left out
-    stream.write(`${lastHead}${jsonString(request.id)}${method}"url":${jsonString(request.url)}${route},"statusCode":${reply.statusCode},` +
-      `"responseTime":${Math.round(reply.elapsedTime * 1000) / 1000}${lastSubMember}${lastIpMember},"msg":"request completed"}\n`)
+    return `${lastHead}${jsonString(id)}${method}"url":${jsonString(url)}${route},"statusCode":${statusCode},` +
+      `"responseTime":${Math.round(elapsed * 1000) / 1000}${lastSubMember}${lastIpMember},"msg":"request completed"}\n`
+  }
+}
+
+/**
+ * Returns a function writing the access line of a request. With a logger from `gatewayLogger` the
+ * line is rendered here (well under a µs, against ~3 µs through pino). When its destination can hold
+ * lines back (BatchedDestination), a request only stores its fields (a few array slots) and the
+ * lines are rendered 64 at a time, when the destination writes anything else (so lines stay in
+ * order), flushes or the process exits: rendering in one tight loop instead of between two requests
+ * measured ~3% of a proxied request on the gateway bench. The fields hold no redacted key. Any other
+ * logger gets `request.log.info`.
+ */
+export function accessLogger (logger: Logger | undefined): (request: FastifyRequest, reply: FastifyReply) => void {
+  if (logger === undefined || (logger as Logger & { [kPlainFormat]?: boolean })[kPlainFormat] !== true) {
+    return (request, reply) => { request.log.info(accessFields(request, reply), 'request completed') }
+  }
+  const bindings = (logger as unknown as Record<symbol, string>)[chindingsSym]!
+  const stream = (logger as unknown as Record<symbol, { write (s: string): void }>)[streamSym]!
+  const render = lineRenderer(bindings)
+  if (!defers(stream)) {
+    return (request, reply) => {
+      if (!logger.isLevelEnabled('info')) return
+      stream.write(render(Date.now(), request.id, request.method, request.url, request.routeOptions.url, reply.statusCode, reply.elapsedTime, request.user?.sub, request.ip))
+    }
+  }
+  // parallel arrays: one slot per held record, no object per request
+  const times = new Float64Array(HELD_RECORDS)
+  const elapsed = new Float64Array(HELD_RECORDS)
+  const statuses = new Uint16Array(HELD_RECORDS)
+  const ids = new Array<string>(HELD_RECORDS).fill('')
+  const methods = new Array<string>(HELD_RECORDS).fill('')
+  const urls = new Array<string>(HELD_RECORDS).fill('')
+  const routes = new Array<string | undefined>(HELD_RECORDS).fill(undefined)
+  const subs = new Array<unknown>(HELD_RECORDS).fill(undefined)
+  const ips = new Array<string | undefined>(HELD_RECORDS).fill(undefined)
+  let held = 0
+  const drain = (): void => {
+    const n = held
+    held = 0 // first: a line that throws must not be written twice
+    for (let i = 0; i < n; i++) {
+      stream.append(render(times[i]!, ids[i]!, methods[i]!, urls[i]!, routes[i], statuses[i]!, elapsed[i]!, subs[i], ips[i]))
+      // let the strings of written lines go
+      ids[i] = urls[i] = ''
+      routes[i] = subs[i] = ips[i] = undefined
+    }
+  }
+  stream.holdBack(drain)
+  return (request, reply) => {
+    if (!logger.isLevelEnabled('info')) return
+    const i = held++
+    times[i] = Date.now()
+    elapsed[i] = reply.elapsedTime
+    statuses[i] = reply.statusCode
+    ids[i] = request.id
+    methods[i] = request.method
+    urls[i] = request.url
+    routes[i] = request.routeOptions.url
+    subs[i] = request.user?.sub
+    ips[i] = request.ip // undefined once the client's socket is gone
+    if (held === HELD_RECORDS) drain()
   }
 }

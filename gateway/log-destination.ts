@@ -33,6 +33,9 @@ export class BatchedDestination {
   #buf: Buffer
   #used = 0
   #dropped = 0
+  /** Producers' renderers of the lines they hold back (see holdBack). */
+  readonly #drains: Array<() => void> = []
+  #draining = false
   readonly #timer: NodeJS.Timeout
   readonly #onExit = (): void => { this.#flushNow() }
 
@@ -48,7 +51,24 @@ export class BatchedDestination {
   /** Lines dropped because the reader was stuck with `maxPending` bytes waiting. */
   get dropped (): number { return this.#dropped }
 
+  /**
+   * Registers a producer that holds lines back in another form (the gateway's access log keeps each
+   * request's fields and renders lines in batches): `drain` must `append` them all. It runs before
+   * any other line is written, so lines keep their order, and on every flush, timer tick and at
+   * exit, so none is lost or late.
+   */
+  holdBack (drain: () => void): void {
+    this.#drains.push(drain)
+  }
+
+  /** pino's entry point: lines held back by the producer first, then this one. */
   write (line: string): void {
+    this.#drainHeld()
+    this.append(line)
+  }
+
+  /** Adds a line without draining held lines first (what the producer's `drain` calls). */
+  append (line: string): void {
     // a UTF-8 character takes at most 3 bytes per UTF-16 unit
     const most = line.length * 3
     if (this.#buf.length - this.#used < most) {
@@ -75,7 +95,18 @@ export class BatchedDestination {
     this.#buf = next
   }
 
+  #drainHeld (): void {
+    if (this.#drains.length === 0 || this.#draining) return
+    this.#draining = true
+    try {
+      for (const drain of this.#drains) drain()
+    } finally {
+      this.#draining = false
+    }
+  }
+
   #flushNow (): void {
+    this.#drainHeld()
     if (this.#used === 0) return
     let off = 0
     try {

@@ -1,28 +1,40 @@
-import t from 'tap'
-import pino from 'pino'
-import { buildGateway, gatewayLogger } from '../gateway/server.js'
+import t, { type Test } from 'tap'
+import pino, { type Logger } from 'pino'
+import { spawnSync } from 'node:child_process'
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { BatchedDestination } from '../gateway/log-destination.js'
+import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
 import { accessLogger } from '../gateway/access-log.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream } from './helpers/upstream.js'
-import { startTestIssuer } from './helpers/issuer.js'
+import { startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 import { logSink } from './helpers/log-sink.js'
 
 
-// The access line is assembled by the gateway itself (gateway/access-log.ts); it must be the line pino
-// would write for the same fields, whatever the URL or the sub holds.
-t.test('the access line is the JSON pino writes for the same fields, with awkward URLs and subs', async (t) => {
+/** A gateway with one protected (`/a`) and one open (`/open`) route, a real issuer and upstream, logging to `logger`. */
+async function accessGateway (t: Test, logger: Logger): Promise<{ gw: Gateway, issuer: TestIssuer }> {
   const issuer = await startTestIssuer()
   const up = await echoUpstream()
-  const { lines, sink: stream } = logSink()
   const config = parseGatewayConfig({
     issuers: [{ issuer: issuer.url, audience: 'portcullis' }],
     routes: [{ prefix: '/a', upstream: up.url }, { prefix: '/open', upstream: up.url, auth: false }]
   }, 'test')
-  const logger = gatewayLogger('info', stream)
   const gw = await buildGateway({ config, logger })
   t.teardown(async () => { await gw.close(); await up.close(); await issuer.close() })
   await gw.app.ready()
   await gw.app.jwksAuth.refresh()
+  return { gw, issuer }
+}
+
+// The access line is assembled by the gateway itself (gateway/access-log.ts); it must be the line pino
+// would write for the same fields, whatever the URL or the sub holds.
+t.test('the access line is the JSON pino writes for the same fields, with awkward URLs and subs', async (t) => {
+  const { lines, sink: stream } = logSink()
+  const logger = gatewayLogger('info', stream)
+  const { gw, issuer } = await accessGateway(t, logger)
 
   const cases = [
     { url: '/a/x?q=%22quoted%22&u=%E2%80%A8', sub: 'plain-user' },
@@ -91,4 +103,52 @@ t.test('fields that are undefined are left out, as pino does (a client gone befo
   const rec = lines[0]!
   t.match(rec, { reqId: 'rid-3', url: '/x', statusCode: 499, responseTime: 1.5, msg: 'request completed' })
   t.notOk('ip' in rec || 'sub' in rec || 'route' in rec, 'no ip, sub or route member')
+})
+
+t.test('with the batched destination, access lines are held as fields and come out in order, rendered the same', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-access-'))
+  const file = join(dir, 'out.log')
+  const fd = openSync(file, 'w')
+  const dest = new BatchedDestination({ fd, flushInterval: 60_000 })
+  t.teardown(() => { dest.close(); closeSync(fd); rmSync(dir, { recursive: true, force: true }) })
+  const logger = gatewayLogger('info', dest)
+  const { gw, issuer } = await accessGateway(t, logger)
+  const read = (): Array<Record<string, unknown>> => readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>)
+
+  const subs = ['plain-user', 'plain-user', 'quote"d\u2028', undefined]
+  for (const [i, sub] of subs.entries()) {
+    const headers: Record<string, string> = { 'x-request-id': `held-${i}` }
+    if (sub !== undefined) headers.authorization = `Bearer ${issuer.sign({ sub })}`
+    await gw.app.inject({ url: sub === undefined ? '/open/x' : `/a/${i}`, method: i === 1 ? 'POST' : 'GET', headers })
+  }
+  t.same(read(), [], 'nothing written yet: four records held')
+  logger.info({ event: 'marker' }, 'another line')
+  dest.flush()
+  const lines = read()
+  t.same(lines.map((l) => l.reqId ?? l.event), ['held-0', 'held-1', 'held-2', 'held-3', 'marker'], 'held lines first, in order, then the line that drained them')
+  for (const [i, sub] of subs.entries()) {
+    const got = lines[i]!
+    t.match(got, { level: 30, name: 'gateway', method: i === 1 ? 'POST' : 'GET', statusCode: 200, msg: 'request completed' })
+    t.equal(got.sub, sub, `line ${i}: sub`)
+    t.equal(got.route, sub === undefined ? '/open/*' : '/a/*')
+    t.equal(got.ip, '127.0.0.1')
+    t.same(Object.keys(got), ['level', 'time', 'pid', 'hostname', 'name', 'reqId', 'method', 'url', 'route', 'statusCode', 'responseTime', ...(sub === undefined ? [] : ['sub']), 'ip', 'msg'])
+  }
+
+  // 64 held records are rendered at once, without any other line or flush
+  for (let i = 0; i < 64; i++) await gw.app.inject({ url: '/open/many', headers: { 'x-request-id': `many-${i}` } })
+  dest.flush()
+  t.equal(read().filter((l) => String(l.reqId).startsWith('many-')).length, 64)
+})
+
+t.test('held access lines are written when the process exits', async (t) => {
+  const mod = (name: string): string => JSON.stringify(fileURLToPath(new URL(`../gateway/${name}.ts`, import.meta.url)))
+  const script = `import { gatewayLogger } from ${mod('server')}
+import { accessLogger } from ${mod('access-log')}
+const write = accessLogger(gatewayLogger('info'))
+write({ id: 'last-words', method: 'GET', url: '/x', routeOptions: { url: '/x' }, user: null, ip: '10.0.0.1' }, { statusCode: 204, elapsedTime: 0.5 })
+process.exit(0)`
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  t.match(JSON.parse(r.stdout) as Record<string, unknown>, { reqId: 'last-words', statusCode: 204, ip: '10.0.0.1', msg: 'request completed' })
 })
