@@ -61,7 +61,7 @@ export class BatchedDestination {
     this.#drains.push(drain)
   }
 
-  /** pino's entry point: lines held back by the producer first, then this one. */
+  /** pino's entry point: lines held back by producers first, then this one. */
   write (line: string): void {
     this.#drainHeld()
     this.append(line)
