@@ -50,10 +50,23 @@ const HASHES: Record<RsaAlgorithm, string> = {
 // which Buffer.from would silently skip. One pass over the whole token.
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 
+/** Buffer's per-encoding methods (untyped): the generic write/toString switch on the encoding name first. */
+interface FastBuffer extends Buffer {
+  latin1Write (s: string, offset: number): number
+  base64urlWrite (s: string, offset: number): number
+  utf8Slice (start: number, end: number): string
+  base64urlSlice (start: number, end: number): string
+}
+const FAST = SCRATCH as FastBuffer
+
 function jsonObject (segment: string): Record<string, unknown> {
   let value: unknown
   try {
-    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'))
+    // decoded in the scratch buffer (nothing else uses it until the signature check): no Buffer per token
+    const text = segment.length <= SCRATCH.length
+      ? FAST.utf8Slice(0, FAST.base64urlWrite(segment, 0))
+      : Buffer.from(segment, 'base64url').toString('utf8')
+    value = JSON.parse(text)
   } catch {
     throw new AuthFailure('malformed', 'segment is not base64url JSON')
   }
@@ -224,16 +237,16 @@ export class TokenVerifier {
     // nothing else can use it meanwhile): no allocation per verification. The input is base64url
     // (checked by decodeJws), so latin1 writes it byte for byte.
     const room = t.input.length + Math.ceil(t.signature.length * 3 / 4)
-    const buf = room <= SCRATCH.length ? SCRATCH : Buffer.allocUnsafe(room)
-    const n = buf.write(t.input, 0, 'latin1')
-    const m = buf.write(t.signature, n, 'base64url')
+    const buf = (room <= SCRATCH.length ? SCRATCH : Buffer.allocUnsafe(room)) as FastBuffer
+    const n = buf.latin1Write(t.input, 0)
+    const m = buf.base64urlWrite(t.signature, n)
     if (m !== entry.sigBytes) throw new AuthFailure('bad_signature', 'signature length')
     // Buffer's decoder ignores unused low bits of the last character and a dangling last character,
     // so one signature has many spellings: accept only the canonical one (one token, one string; the
     // token cache and any jti/token deny-list key on that string). Re-encoding the last group suffices.
     const tail = m % 3 === 0 ? 3 : m % 3
     if (t.signature.length !== Math.ceil(m * 4 / 3) ||
-      buf.toString('base64url', n + m - tail, n + m) !== t.signature.slice(-(tail + 1))) {
+      buf.base64urlSlice(n + m - tail, n + m) !== t.signature.slice(-(tail + 1))) {
       throw new AuthFailure('bad_signature', 'signature not canonical base64url')
     }
     const ok = cryptoVerify(HASHES[alg], buf.subarray(0, n), alg.startsWith('PS')
