@@ -129,7 +129,9 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   let held = 0
   const drain = (): void => {
     const n = held
-    held = 0 // first: a line that throws must not be written twice
+    // first: a line that throws is not written twice, and the destination's own drain (a full batch
+    // flushed by append) finds nothing held and returns
+    held = 0
     for (let i = 0; i < n; i++) {
       stream.append(render(times[i]!, ids[i]!, methods[i]!, urls[i]!, routes[i], statuses[i]!, elapsed[i]!, subs[i], ips[i]))
       // let the strings of written lines go

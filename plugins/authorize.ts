@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyContextConfig, FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, preHandlerHookHandler, RouteOptions } from 'fastify'
 import { forbiddenError, httpErrorFor } from './auth-errors.js'
+import { hookList } from './hook-list.js'
 import type { VerifiedUser } from './jwks-verify.js'
 
 /** What a route needs beyond a valid token. Every listed entry kind must be satisfied. */
@@ -102,8 +103,7 @@ const authorize: FastifyPluginAsync = async (app) => {
     const rules = route.config?.auth
     if (rules === undefined || rules === false) return
     const checked = checkRules(rules, `${String(route.method)} ${route.url}`)
-    const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler]
-    route.preHandler = [...existing, rulesHook(checked)]
+    route.preHandler = [...hookList(route.preHandler), rulesHook(checked)]
     // A fresh object: a config shared by several routes must not mark routes this hook never saw.
     const marked: FastifyContextConfig & { [ENFORCED]?: boolean } = { ...route.config, [ENFORCED]: true }
     route.config = marked

@@ -73,8 +73,8 @@ function authorizationHeaders (request: FastifyRequest): number {
   return n
 }
 
-function bearerToken (request: FastifyRequest): string {
-  const count = authorizationHeaders(request)
+/** The token of the request's one Authorization header (`count`: how many the client sent). */
+function bearerToken (request: FastifyRequest, count: number): string {
   if (count > 1) throw new AuthFailure('duplicate_header')
   const header = request.headers.authorization
   if (header === undefined || header === '') throw new AuthFailure('missing')
@@ -165,13 +165,14 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
       // Cache hits in the usual form `Bearer <token>` skip the header's syntax check: the cache
       // holds whole token strings that passed it, and anything else takes the full path below.
       const header = request.headers.authorization
+      const count = authorizationHeaders(request)
       let quick: string | undefined
-      if (typeof header === 'string' && header.startsWith('Bearer ') && authorizationHeaders(request) === 1) {
+      if (count === 1 && typeof header === 'string' && header.startsWith('Bearer ')) {
         quick = header.slice(7)
         user = tokens.cached(quick)
       }
       if (user === undefined) {
-        const token = bearerToken(request)
+        const token = bearerToken(request, count)
         if (token !== quick) user = tokens.cached(token)
         if (user === undefined) {
           cache = 'miss'

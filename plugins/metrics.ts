@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import fastifyMetricsModule from 'fastify-metrics'
 import * as promClient from '@platformatic/prom-client'
 import type { FastifyInstance, FastifyPluginAsync, onResponseHookHandler } from 'fastify'
+import { hookList } from './hook-list.js'
 
 // fastify-metrics is CommonJS with `exports.default`: under NodeNext the default import is the module object.
 const fastifyMetrics = fastifyMetricsModule.default
@@ -127,16 +128,20 @@ export function hotHistogram<L extends string> (histogram: promClient.Histogram<
   const frozen = Object.freeze({ ...labels }) as promClient.LabelValues<L>
   const internals = histogram as unknown as HistogramInternals
   const bounds = internals.upperBounds
-  if ((histogram as { collect?: unknown }).collect !== collectHotCounts || bounds === undefined || typeof internals.store?.entry !== 'function') {
+  if ((histogram as { collect?: unknown }).collect !== collectHotCounts || bounds === undefined || internals.store?.entry === undefined) {
     return { observe: (v) => { histogram.observe(frozen, v) } }
   }
   const counts = new Float64Array(bounds.length) // per bucket (not cumulative); values above the last bound only count
   let sum = 0
   let count = 0
+  const entryOf = internals.store.entry.bind(internals.store)
   addFlusher(histogram, () => {
     if (count === 0) return
-    if (internals.store!.entry!(frozen) === undefined) histogram.zero(frozen)
-    const entry = internals.store!.entry!(frozen)!
+    let entry = entryOf(frozen)
+    if (entry === undefined) {
+      histogram.zero(frozen)
+      entry = entryOf(frozen)!
+    }
     for (let i = 0; i < bounds.length; i++) {
       if (counts[i] !== 0) entry.bucketValues[bounds[i]!] = entry.bucketValues[bounds[i]!]! + counts[i]!
     }
@@ -187,12 +192,8 @@ function leanHistogram (app: FastifyInstance, registry: Registry): void {
       observer.observe(reply.elapsedTime / 1000)
       done()
     }
-    route.onResponse = [...toArray(route.onResponse), record]
+    route.onResponse = [...hookList(route.onResponse), record]
   })
-}
-
-function toArray<T> (h: T | T[] | undefined): T[] {
-  return h === undefined ? [] : Array.isArray(h) ? h : [h]
 }
 
 export default fp(metrics, { fastify: '5.x', name: 'portcullis-metrics' })

@@ -5,6 +5,7 @@ import { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
 import type { Redis } from 'ioredis'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { promClient, type Registry } from './metrics.js'
+import { hookList } from './hook-list.js'
 
 export const DEFAULT_MAX = 100
 export const DEFAULT_TIME_WINDOW = 60_000 // ms
@@ -212,8 +213,8 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     // Route-level hooks run after every instance-level hook of the same kind, so the check sees
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own
     // preHandlers (authorization appended by other plugins).
-    route.preHandler = [limitHook(limiter), ...toArray(route.preHandler)]
-    route.onError = [...toArray(route.onError), count401(limiter)]
+    route.preHandler = [limitHook(limiter), ...hookList(route.preHandler)]
+    route.onError = [...hookList(route.onError), count401(limiter)]
   })
 }
 
@@ -228,10 +229,6 @@ function validateOptions (opts: RateLimitPluginOptions): void {
   if (typeof opts.redis === 'string' && !/^rediss?:\/\//.test(opts.redis)) {
     throw new Error('rate-limit plugin: option "redis" must be a redis:// or rediss:// URL or an ioredis client')
   }
-}
-
-function toArray<T> (h: T | T[] | undefined): T[] {
-  return h === undefined ? [] : Array.isArray(h) ? h : [h]
 }
 
 /** `s:<sub>` for a verified caller, else `ip:<client ip>` (IPv6 grouped by /64). */
