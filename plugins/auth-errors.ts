@@ -30,6 +30,8 @@ export class AuthFailure extends Error {
 }
 
 const INVALID_TOKEN_HEADER = 'Bearer error="invalid_token"'
+/** No credentials at all: a plain challenge, without an error code (RFC 6750 section 3.1). */
+const CHALLENGE_HEADER = 'Bearer'
 const INSUFFICIENT_SCOPE_HEADER = 'Bearer error="insufficient_scope"'
 
 /** 401: missing or invalid bearer token. The body is the same for every reason. */
@@ -41,7 +43,10 @@ export const InsufficientScopeError = createError('PORTCULLIS_AUTH_FORBIDDEN', '
 
 type HttpError = Error & { headers?: Record<string, string> }
 
-/** The 401 (or 400) error a hook throws for a failure reason, with its `WWW-Authenticate` header. */
+/**
+ * The 401 (or 400) error a hook throws for a failure reason, with its `WWW-Authenticate` header:
+ * `Bearer` when the request carried no token, `Bearer error="invalid_token"` when it carried a bad one.
+ */
 export function httpErrorFor (reason: FailureReason): HttpError {
   if (reason === 'duplicate_header') {
     const err: HttpError = new DuplicateAuthorizationError()
@@ -49,7 +54,7 @@ export function httpErrorFor (reason: FailureReason): HttpError {
     return err
   }
   const err: HttpError = new InvalidTokenError()
-  err.headers = { 'www-authenticate': INVALID_TOKEN_HEADER }
+  err.headers = { 'www-authenticate': reason === 'missing' ? CHALLENGE_HEADER : INVALID_TOKEN_HEADER }
   return err
 }
 

@@ -53,7 +53,7 @@ function refusal (request: FastifyRequest, rules: RouteAuthRules): Error | null 
 }
 
 /**
- * A preHandler enforcing rules: 401 (`invalid_token`) when the request is not authenticated, 403
+ * A preHandler enforcing rules: 401 (a plain `Bearer` challenge) when the request is not authenticated, 403
  * (`insufficient_scope`) when the user lacks a right. The body never says which right.
  */
 export function requireRules (rules: RouteAuthRules): preHandlerAsyncHookHandler {

@@ -46,12 +46,14 @@ t.test('a valid token passes and request.user has the contract shape', async (t)
 
   const m = await app.inject({ url: '/me' })
   t.equal(m.statusCode, 401)
-  t.equal(m.headers['www-authenticate'], 'Bearer error="invalid_token"')
+  t.equal(m.headers['www-authenticate'], 'Bearer', 'no token: a plain challenge without an error code (RFC 6750 3.1)')
   t.same(Object.keys(m.json()).sort(), ['code', 'error', 'message', 'statusCode'])
   t.equal(m.json().message, 'Missing or invalid bearer token')
 
   const exp = issuer.sign({}, { now: Math.floor(Date.now() / 1000) - 3600 })
-  t.equal((await app.inject({ url: '/me', headers: { authorization: `Bearer ${exp}` } })).statusCode, 401)
+  const expired = await app.inject({ url: '/me', headers: { authorization: `Bearer ${exp}` } })
+  t.equal(expired.statusCode, 401)
+  t.equal(expired.headers['www-authenticate'], 'Bearer error="invalid_token"', 'a bad token: invalid_token')
 
   const text = await app.metricsRegistry.metrics()
   t.match(text, /portcullis_auth_requests_total\{result="success",reason="ok"\} 2/)
