@@ -1,12 +1,12 @@
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { availableParallelism, tmpdir } from 'node:os'
+import { readFileSync, rmSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import { Pool } from 'undici'
 import { startTestIssuer } from '../test/helpers/issuer.js'
+import { ROOT, compileTargets } from './targets.js'
 
 /**
  * Gateway throughput and latency against the same upstream, all in one run:
@@ -34,27 +34,6 @@ const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss').spli
 /** Command-line V8 flags of the reference run with a fixed heap cap (an alternative to the gateway's own tuning). */
 const CAPPED_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=96']
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
-
-/**
- * The processes under test run compiled JavaScript (what `npm run build` produces), not tsx: tsx's
- * module hooks run in a worker thread with its own V8 heap (~70 MB of RSS) and would be measured as
- * the gateway's memory. The RSS under tsx is printed too.
- */
-function compileTargets (): string {
-  const dir = mkdtempSync(join(tmpdir(), 'portcullis-bench-'))
-  writeFileSync(join(dir, 'package.json'), '{"type":"module"}')
-  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'))
-  writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
-    extends: join(ROOT, 'tsconfig.json'),
-    compilerOptions: { noEmit: false, outDir: dir, rootDir: ROOT, declaration: false, sourceMap: false },
-    include: [],
-    files: [join(ROOT, 'bench/gateway-target.ts')]
-  }))
-  // type errors elsewhere in the checkout do not stop the emit
-  spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(dir, 'tsconfig.json')], { stdio: 'ignore' })
-  return dir
-}
 let buildDir = ''
 
 const CORES = availableParallelism()
