@@ -22,7 +22,7 @@ import { compileTargets } from './targets.js'
  * differently from run to run). The figure is the instructions spent handling requests: the
  * compiler's own functions and the garbage collector's are counted apart (both still run now and
  * then on this slow, simulated CPU).
- * Needs valgrind (`apt-get install valgrind`); ~10 minutes on 2 cores.
+ * Needs valgrind (`apt-get install valgrind`); ~12 minutes on 2 cores.
  */
 const WARM = Number(process.env.BENCH_INSTR_WARMUP ?? 25_000)
 const REQUESTS = Number(process.env.BENCH_INSTR_REQUESTS ?? 3_000)
