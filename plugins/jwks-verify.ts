@@ -4,6 +4,7 @@ import { AuthFailure } from './auth-errors.js'
 import type { RsaAlgorithm, ResolvedOptions } from './auth-options.js'
 import type { KeyEntry } from './jwks-keys.js'
 import type { IssuerKeys } from './jwks-refresher.js'
+import type { FastBuffer } from './fast-buffer.js'
 
 /** `request.user` after a successful verification. Frozen: one object may serve many requests from the cache. */
 export interface VerifiedUser {
@@ -50,13 +51,6 @@ const HASHES: Record<RsaAlgorithm, string> = {
 // which Buffer.from would silently skip. One pass over the whole token.
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 
-/** Buffer's per-encoding methods (untyped): the generic write/toString switch on the encoding name first. */
-interface FastBuffer extends Buffer {
-  latin1Write (s: string, offset: number): number
-  base64urlWrite (s: string, offset: number): number
-  utf8Slice (start: number, end: number): string
-  base64urlSlice (start: number, end: number): string
-}
 const FAST = SCRATCH as FastBuffer
 
 function jsonObject (segment: string): Record<string, unknown> {
