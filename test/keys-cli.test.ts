@@ -52,7 +52,12 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
     cli(['keys', 'rotate', '--activate-now'], { PORTCULLIS_KEY_SECRETS: 'a-different-secret-0123456789abcdefghijkl' }),
     cli(['keys', 'frobnicate']),
     cli(['keys', 'revoke']),
-    cli(['rotation', '--twice'])
+    cli(['rotation', '--twice']),
+    // A kid is base64url and may begin with "-": it is an argument, not an option.
+    cli(['keys', 'revoke', '-5Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U']),
+    cli(['keys', 'revoke', '--', '--no-such-kid']),
+    cli(['keys', 'list', '-j']),
+    cli(['keys', 'revoke', '--now', kid!])
   ])
   oneLineError(t, bad[0]!, /^portcullis: no signing key with kid "no-such-kid"$/, 'unknown kid for revoke')
   oneLineError(t, bad[1]!, /^portcullis: Invalid configuration: KEY_ROTATION_PERIOD: expected a duration/, 'malformed duration')
@@ -66,6 +71,10 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   oneLineError(t, bad[9]!, /^portcullis: keys: unknown command "frobnicate"/, 'unknown subcommand')
   oneLineError(t, bad[10]!, /^portcullis: keys revoke: expected 1 argument/, 'missing kid')
   oneLineError(t, bad[11]!, /^portcullis: rotation: unknown argument "--twice"/, 'unknown flag')
+  oneLineError(t, bad[12]!, /^portcullis: no signing key with kid "-5Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U"$/, 'a kid beginning with "-" is looked up')
+  oneLineError(t, bad[13]!, /^portcullis: no signing key with kid "--no-such-kid"$/, 'after "--" everything is an argument')
+  oneLineError(t, bad[14]!, /^portcullis: keys list: unknown option "-j"$/, 'unknown short option')
+  oneLineError(t, bad[15]!, /^portcullis: keys revoke: unknown option "--now"$/, 'unknown long option')
   t.same(await dump(be.db), before, 'store unchanged by every bad command')
 
   // A corrupt row: every command that reads it names it and stops; nothing changes.
