@@ -53,17 +53,18 @@ async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof ke
   }
 }
 
+const OPTION_SHAPE = /^(?:--[a-z][a-z0-9-]{0,30}|-[A-Za-z])$/
+
 function expectArgs (cmd: string, args: string[], allowed: string[], positional = 0): { flags: Set<string>, pos: string[] } {
   const flags = new Set<string>()
   const pos: string[] = []
-  // A kid is a base64url thumbprint and may begin with "-" ("-5Sr0e5B..."): options are the long
-  // "--name" forms (and "-x" short forms, of which none is accepted), anything else is an argument;
-  // after "--" everything is an argument.
+  // A kid is a base64url thumbprint and may begin with "-" or "--" ("-5Sr0e5B..."): an option is
+  // shaped like a name ("--json", "-x"), anything else is an argument; after "--" everything is.
   let onlyPositional = false
   for (const a of args) {
     if (!onlyPositional && a === '--') {
       onlyPositional = true
-    } else if (!onlyPositional && (a.startsWith('--') || /^-[^-]$/.test(a))) {
+    } else if (!onlyPositional && OPTION_SHAPE.test(a)) {
       if (!allowed.includes(a)) throw new UsageError(`keys ${cmd}: unknown option "${a}"`)
       flags.add(a)
     } else {

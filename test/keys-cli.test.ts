@@ -57,7 +57,8 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
     cli(['keys', 'revoke', '-5Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U']),
     cli(['keys', 'revoke', '--', '--no-such-kid']),
     cli(['keys', 'list', '-j']),
-    cli(['keys', 'revoke', '--now', kid!])
+    cli(['keys', 'revoke', '--now', kid!]),
+    cli(['keys', 'revoke', '--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U'])
   ])
   oneLineError(t, bad[0]!, /^portcullis: no signing key with kid "no-such-kid"$/, 'unknown kid for revoke')
   oneLineError(t, bad[1]!, /^portcullis: Invalid configuration: KEY_ROTATION_PERIOD: expected a duration/, 'malformed duration')
@@ -75,6 +76,7 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   oneLineError(t, bad[13]!, /^portcullis: no signing key with kid "--no-such-kid"$/, 'after "--" everything is an argument')
   oneLineError(t, bad[14]!, /^portcullis: keys list: unknown option "-j"$/, 'unknown short option')
   oneLineError(t, bad[15]!, /^portcullis: keys revoke: unknown option "--now"$/, 'unknown long option')
+  oneLineError(t, bad[16]!, /^portcullis: no signing key with kid "--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U"$/, 'a kid beginning with "--" is looked up')
   t.same(await dump(be.db), before, 'store unchanged by every bad command')
 
   // A corrupt row: every command that reads it names it and stops; nothing changes.
