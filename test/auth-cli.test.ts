@@ -9,7 +9,7 @@ import t from 'tap'
 import { keySecretsFromList } from '../store/crypto.js'
 import { KEY_TIMING_ENV } from '../store/key-timings.js'
 import { openKeyStore } from '../store/keys.js'
-import { freePort } from './helpers/ports.js'
+import { freePorts } from './helpers/ports.js'
 import { testBackends } from './helpers/backends.js'
 
 const run = promisify(execFile)
@@ -73,7 +73,7 @@ for (const backend of await testBackends()) {
     t.equal((await portcullis(env, ['keys', 'rotate', '--activate-now'])).code, 0, 'first key (keys CLI)')
 
     await t.test('portcullis auth: serves logins for CLI-made users; a key activated by another process signs within 5 s', async (t) => {
-      const [port, adminPort] = [await freePort(), await freePort()]
+      const [port, adminPort] = await freePorts(2) as [number, number]
       const issuer = `http://127.0.0.1:${port}`
       const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'auth'], {
         cwd: CWD,

@@ -84,7 +84,8 @@ t.test('when the store cannot be read, signing stops once the view is older than
   src.published = [k]
   let now = 1_000_000
   let failures = 0
-  const signer = new Signer({ keys: src, pollInterval: 1000, maxStaleness: 5000, log, clock: () => now, onRefreshError: () => failures++ })
+  // pollInterval far beyond the test: only the explicit refresh() below may fail, even on a stalled machine
+  const signer = new Signer({ keys: src, pollInterval: 60_000, maxStaleness: 5000, log, clock: () => now, onRefreshError: () => failures++ })
   await signer.start()
   t.teardown(() => signer.stop())
   src.fail = true

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { freePort } from './ports.js'
+import { freePorts } from './ports.js'
 
 export interface GatewayProcess {
   child: ChildProcess
@@ -16,8 +16,7 @@ export interface GatewayProcess {
 
 /** Runs `portcullis gateway` as a child process on free ports and waits for "gateway ready". */
 export async function startGatewayProcess (env: Record<string, string>): Promise<GatewayProcess> {
-  const port = await freePort()
-  const adminPort = await freePort()
+  const [port, adminPort] = await freePorts(2) as [number, number]
   const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
     env: { ...process.env, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe']

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { freePort } from './ports.js'
+import { freePorts } from './ports.js'
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const BIN = join(REPO_ROOT, 'bin', 'portcullis.js')
@@ -40,9 +40,7 @@ export interface RunningStack {
 }
 
 export async function stackPorts (): Promise<StackPorts> {
-  const ports = new Set<number>()
-  while (ports.size < 8) ports.add(await freePort())
-  const [a, b, c, d, e, f, g, h] = [...ports] as [number, number, number, number, number, number, number, number]
+  const [a, b, c, d, e, f, g, h] = await freePorts(8) as [number, number, number, number, number, number, number, number]
   return { AUTH_PORT: a, AUTH_ADMIN_PORT: b, GATEWAY_PORT: c, GATEWAY_ADMIN_PORT: d, ROTATION_METRICS_PORT: e, USER_SERVICE_PORT: f, ORDER_SERVICE_PORT: g, PRODUCT_SERVICE_PORT: h }
 }
 
