@@ -2,6 +2,16 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { COMMANDS, type CommandModule } from './commands.js'
 import { formatCliError } from './output.js'
+import { STOP_WITH_STACK_ENV } from './stack/children.js'
+
+/** A child of `portcullis start` stops (SIGTERM to itself: the command's own graceful shutdown) when the stack's pipe ends. */
+function stopWithStack (): void {
+  const stdin = process.stdin
+  stdin.on('error', () => {})
+  stdin.once('end', () => { process.kill(process.pid, 'SIGTERM') })
+  stdin.resume()
+  ;(stdin as { unref?: () => void }).unref?.() // never the reason the process stays up
+}
 
 const USAGE = `Usage: portcullis <command> [options]
 
@@ -34,6 +44,7 @@ async function main (argv: string[]): Promise<number> {
     console.log(mod.help)
     return 0
   }
+  if (process.env[STOP_WITH_STACK_ENV] === '1') stopWithStack()
   return await mod.run(rest)
 }
 

@@ -1,7 +1,8 @@
 import { mkdirSync } from 'node:fs'
+import { createServer, type Server } from 'node:net'
 import { join, resolve } from 'node:path'
 import { envBool, envDuration, envEnum, envInt, envString, type Env } from '../lib/env.js'
-import { UsageError } from '../lib/errors.js'
+import { ConfigError, UsageError } from '../lib/errors.js'
 import { openDb } from '../store/index.js'
 import { dbOptionsFromEnv } from '../store/config.js'
 import { startChild, stopChildren, waitForHttp, type ChildSpec, type LogFormat, type RunningChild } from './stack/children.js'
@@ -78,6 +79,46 @@ function urlsFromEnv (env: Env): StackUrls {
   }
 }
 
+/** Where each child will listen: [setting, host, port], default ports as in urlsFromEnv. */
+function listeners (env: Env): Array<[setting: string, host: string, port: number]> {
+  const at = (hostVar: string, portVar: string, def: number): [string, string, number] =>
+    [portVar, envString(env, hostVar, '127.0.0.1'), envInt(env, portVar, def, { min: 1, max: 65535 })]
+  return [
+    at('ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 9464), at('AUTH_HOST', 'AUTH_PORT', 3000), at('AUTH_HOST', 'AUTH_ADMIN_PORT', 9091),
+    at('SERVICE_HOST', 'USER_SERVICE_PORT', 3001), at('SERVICE_HOST', 'PRODUCT_SERVICE_PORT', 3003), at('SERVICE_HOST', 'ORDER_SERVICE_PORT', 3002),
+    at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_HOST', 'GATEWAY_ADMIN_PORT', 9090)
+  ]
+}
+
+/**
+ * Every port the stack will use must be free before anything starts: the stack waits for each child
+ * by polling its port, so a process already listening there (another stack, say) would pass for the
+ * child. Each probe stays bound until all are checked, so two settings naming one port clash too.
+ */
+async function checkPortsFree (env: Env): Promise<void> {
+  const held: Server[] = []
+  const seen = new Map<string, string>()
+  try {
+    for (const [setting, host, port] of listeners(env)) {
+      const other = seen.get(`${host}:${port}`)
+      if (other !== undefined) throw new ConfigError(setting, `must differ from ${other} (${port})`)
+      seen.set(`${host}:${port}`, setting)
+      const srv = createServer()
+      held.push(srv)
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', (err: NodeJS.ErrnoException) => {
+          reject(err.code === 'EADDRINUSE'
+            ? new ConfigError(setting, `${host}:${port} is already in use (another Portcullis stack, or another program?)`)
+            : new ConfigError(setting, `cannot listen on ${host}:${port} (${err.code ?? err.message})`))
+        })
+        srv.listen(port, host, resolve)
+      })
+    }
+  } finally {
+    await Promise.all(held.map((s) => new Promise<void>((resolve) => { if (s.listening) s.close(() => { resolve() }); else resolve() })))
+  }
+}
+
 export async function run (argv: string[]): Promise<number> {
   const flags = parseFlags(argv)
   const env = process.env
@@ -89,6 +130,7 @@ export async function run (argv: string[]): Promise<number> {
   const productsRateLimitMax = envInt(env, 'STACK_PRODUCTS_RATE_LIMIT_MAX', 10, { min: 1 })
   const dataDir = resolve(envString(env, 'PORTCULLIS_DATA_DIR', './data'))
   const urls = urlsFromEnv(env)
+  await checkPortsFree(env)
   const audience = envString(env, 'AUTH_AUDIENCE', 'portcullis').split(',')[0]!.trim()
 
   mkdirSync(dataDir, { recursive: true })

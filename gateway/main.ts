@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
-import { ConfigError } from '../lib/errors.js'
+import { ConfigError, UsageError } from '../lib/errors.js'
+import { listenOn } from '../lib/listen.js'
 import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
 import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
@@ -61,11 +62,14 @@ export function settingsFromEnv (env: Env): GatewaySettings {
     }
   }
   envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info') // read by lib/logger.ts
+  const port = envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 })
+  const adminPort = envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 })
+  if (port !== 0 && port === adminPort) throw new ConfigError('GATEWAY_ADMIN_PORT', `must differ from GATEWAY_PORT (${port})`)
   return {
     host: envString(env, 'GATEWAY_HOST', '127.0.0.1'),
-    port: envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 }),
+    port,
     adminHost: envString(env, 'GATEWAY_ADMIN_HOST', '127.0.0.1'),
-    adminPort: envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 }),
+    adminPort,
     configPath: envString(env, 'GATEWAY_CONFIG', DEFAULT_CONFIG_PATH),
     redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href,
     failClosed: envBool(env, 'GATEWAY_RATE_LIMIT_FAIL_CLOSED', false),
@@ -99,7 +103,8 @@ export async function createGateway (s: GatewaySettings, env: Env = process.env,
 }
 
 /** `portcullis gateway`: listens on the public and admin ports; SIGTERM/SIGINT drain, then exit. */
-export async function run (_argv: string[]): Promise<number> {
+export async function run (argv: string[]): Promise<number> {
+  if (argv.length > 0) throw new UsageError(`gateway: unknown argument "${argv[0]}" (settings come from the environment; see portcullis gateway --help)`)
   const s = settingsFromEnv(process.env)
   const { gw, config } = await createGateway(s)
   const log = gw.app.log
@@ -112,8 +117,8 @@ export async function run (_argv: string[]): Promise<number> {
     log.info('gateway stopped')
   })
   try {
-    await gw.app.listen({ host: s.host, port: s.port })
-    await gw.admin.listen({ host: s.adminHost, port: s.adminPort })
+    await listenOn(gw.app, s.host, s.port, 'GATEWAY_PORT')
+    await listenOn(gw.admin, s.adminHost, s.adminPort, 'GATEWAY_ADMIN_PORT')
   } catch (err) {
     // e.g. EADDRINUSE: close what was opened (Redis client, timers) so the process can exit with 1
     // (close-with-grace's beforeExit handler would otherwise exit 0)

@@ -12,7 +12,7 @@ export const DEFAULT_AUDIENCE = 'portcullis'
 export const DEFAULT_UPSTREAM_TIMEOUT_S = 5
 export const DEFAULT_CATALOG_REFRESH_S = 60
 
-const PORT_VARS: Record<ServiceKind, string> = { user: 'USER_SERVICE_PORT', order: 'ORDER_SERVICE_PORT', product: 'PRODUCT_SERVICE_PORT' }
+export const SERVICE_PORT_VARS: Record<ServiceKind, string> = { user: 'USER_SERVICE_PORT', order: 'ORDER_SERVICE_PORT', product: 'PRODUCT_SERVICE_PORT' }
 
 export interface ServiceConfig {
   kind: ServiceKind
@@ -49,7 +49,7 @@ export function serviceConfigFromEnv (kind: ServiceKind, env: Env): ServiceConfi
   if ((id === undefined) !== (secret === undefined)) {
     throw new ConfigError(id === undefined ? 'SERVICE_CLIENT_ID' : 'SERVICE_CLIENT_SECRET', 'SERVICE_CLIENT_ID and SERVICE_CLIENT_SECRET are set together or not at all')
   }
-  const port = (k: ServiceKind): number => envInt(env, PORT_VARS[k], DEFAULT_PORTS[k], { min: 0, max: 65535 })
+  const port = (k: ServiceKind): number => envInt(env, SERVICE_PORT_VARS[k], DEFAULT_PORTS[k], { min: 0, max: 65535 })
   const host = envString(env, 'SERVICE_HOST', DEFAULT_HOST)
   const local = (k: ServiceKind): string => `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port(k)}`
   return {

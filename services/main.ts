@@ -1,7 +1,8 @@
 import closeWithGrace from 'close-with-grace'
 import { UsageError } from '../lib/errors.js'
+import { listenOn } from '../lib/listen.js'
 import { buildService } from './bootstrap.js'
-import { SERVICE_ENV_HELP, SERVICE_KINDS, serviceConfigFromEnv, type ServiceKind } from './config.js'
+import { SERVICE_ENV_HELP, SERVICE_KINDS, SERVICE_PORT_VARS, serviceConfigFromEnv, type ServiceKind } from './config.js'
 
 export const help = `Usage: portcullis services <user|order|product>
 
@@ -22,11 +23,18 @@ export async function run (argv: string[]): Promise<number> {
   }
   const config = serviceConfigFromEnv(kind as ServiceKind, process.env)
   const app = await buildService(config)
-  closeWithGrace({ delay: 5000, logger: false }, async ({ signal, err }) => {
+  const grace = closeWithGrace({ delay: 5000, logger: false }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'stopping after an error')
     else app.log.info({ signal }, 'stopping')
     await app.close()
   })
-  await app.listen({ host: config.host, port: config.port })
+  try {
+    await listenOn(app, config.host, config.port, SERVICE_PORT_VARS[kind as ServiceKind])
+  } catch (err) {
+    // e.g. the port is taken: exit 1 with the setting named (close-with-grace would exit 0)
+    grace.uninstall()
+    await app.close()
+    throw err
+  }
   return 0
 }

@@ -92,16 +92,25 @@ t.test('`portcullis gateway` with a bad route file stops at boot naming the file
   t.equal(r.stderr.trim(), `portcullis: Invalid configuration: ${bad}: routes/0/upstream: must match pattern "^https?://"`)
 })
 
-t.test('`portcullis gateway` on a port in use exits 1 with one line (nothing left running)', async (t) => {
+t.test('`portcullis gateway` on a port in use exits 1 with one line naming the setting (nothing left running)', async (t) => {
   const blocker = createServer()
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
   t.teardown(() => blocker.close())
   const port = (blocker.address() as AddressInfo).port
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
-    env: { ...process.env, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: '0', LOG_LEVEL: 'error' },
+  const gateway = (env: Record<string, string>, args: string[] = []): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway', ...args], {
+    env: { ...process.env, LOG_LEVEL: 'error', ...env },
     encoding: 'utf8',
     timeout: 60_000
   })
-  t.equal(r.status, 1)
-  t.match(r.stderr, new RegExp(`portcullis: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}`))
+  const cases: Array<[Record<string, string>, string[], string]> = [
+    [{ GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: '0' }, [], `portcullis: Invalid configuration: GATEWAY_PORT: 127.0.0.1:${port} is already in use`],
+    [{ GATEWAY_PORT: '0', GATEWAY_ADMIN_PORT: String(port) }, [], `portcullis: Invalid configuration: GATEWAY_ADMIN_PORT: 127.0.0.1:${port} is already in use`],
+    [{ GATEWAY_PORT: '0', GATEWAY_ADMIN_PORT: '0' }, ['--bogus'], 'portcullis: gateway: unknown argument "--bogus" (settings come from the environment; see portcullis gateway --help)']
+  ]
+  for (const [env, args, line] of cases) {
+    const r = gateway(env, args)
+    t.equal(r.status, 1, line)
+    t.equal(String(r.stderr).trim(), line)
+  }
+  t.throws(() => settingsFromEnv({ GATEWAY_PORT: '8080', GATEWAY_ADMIN_PORT: '8080' }), /GATEWAY_ADMIN_PORT: must differ from GATEWAY_PORT \(8080\)/)
 })

@@ -1,4 +1,6 @@
-import { readFileSync, statSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { parseGatewayConfig } from '../gateway/config.js'
@@ -11,7 +13,7 @@ import { serviceConfigFromEnv } from '../services/config.js'
 import { openClientStore } from '../store/clients.js'
 import { openDb } from '../store/index.js'
 import { openUserStore } from '../store/users.js'
-import { tempDataDir } from './helpers/stack.js'
+import { stackPorts, tempDataDir } from './helpers/stack.js'
 
 t.test('the generated route table passes the gateway\'s own validation', async (t) => {
   const file = stackRouteFile({
@@ -54,6 +56,43 @@ t.test('pino lines are made readable; other lines pass through', async (t) => {
   t.equal(prettyLine(line), '12:34:56 INFO  request completed reqId=r1 statusCode=201 sub=u1')
   t.equal(prettyLine('(node:1) Warning: something'), '(node:1) Warning: something')
   t.equal(prettyLine('{not json'), '{not json')
+})
+
+t.test('a service whose port is taken exits 1 naming the setting', async (t) => {
+  const blocker = createServer()
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => blocker.close())
+  const port = (blocker.address() as AddressInfo).port
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'services', 'product'], {
+    env: { ...process.env, PRODUCT_SERVICE_PORT: String(port), LOG_LEVEL: 'error' },
+    encoding: 'utf8',
+    timeout: 60_000
+  })
+  t.equal(r.status, 1)
+  t.equal(r.stderr.trim(), `portcullis: Invalid configuration: PRODUCT_SERVICE_PORT: 127.0.0.1:${port} is already in use`)
+})
+
+t.test('`portcullis start` refuses a port in use, or one port named twice, before starting or creating anything', async (t) => {
+  const blocker = createServer()
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => blocker.close())
+  const taken = (blocker.address() as AddressInfo).port
+  const data = tempDataDir()
+  t.teardown(data.remove)
+  const dataDir = join(data.dir, 'not-yet')
+  const ports = Object.fromEntries(Object.entries(await stackPorts()).map(([k, v]) => [k, String(v)]))
+  const start = (env: Record<string, string>): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'start'], {
+    env: { ...process.env, ...ports, PORTCULLIS_DATA_DIR: dataDir, ...env },
+    encoding: 'utf8',
+    timeout: 60_000
+  })
+  const inUse = start({ GATEWAY_PORT: String(taken) })
+  t.equal(inUse.status, 1)
+  t.equal(String(inUse.stderr).trim(), `portcullis: Invalid configuration: GATEWAY_PORT: 127.0.0.1:${taken} is already in use (another Portcullis stack, or another program?)`)
+  const twice = start({ USER_SERVICE_PORT: ports.AUTH_PORT! })
+  t.equal(twice.status, 1)
+  t.equal(String(twice.stderr).trim(), `portcullis: Invalid configuration: USER_SERVICE_PORT: must differ from AUTH_PORT (${ports.AUTH_PORT})`)
+  t.notOk(existsSync(dataDir), 'no data directory was created')
 })
 
 t.test('bad commands and settings fail with one clear message', async (t) => {

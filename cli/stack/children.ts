@@ -8,6 +8,13 @@ export const CLI_BIN = fileURLToPath(new URL(import.meta.url.includes('/dist/cli
 
 export type LogFormat = 'pretty' | 'json'
 
+/**
+ * Set on every child of the stack, whose stdin is a pipe from the stack: when that pipe ends (the
+ * stack died without stopping its children: SIGKILL, out of memory) the child stops as on SIGTERM
+ * instead of living on as an orphan holding its port.
+ */
+export const STOP_WITH_STACK_ENV = 'PORTCULLIS_STOP_WITH_STACK'
+
 export interface ChildSpec {
   /** Short name used as the log prefix: `auth`, `gateway`, `order`... */
   name: string
@@ -47,8 +54,8 @@ export function prettyLine (line: string): string {
 /** Starts `portcullis <args>` as a child whose every output line is prefixed with its name. */
 export function startChild (spec: ChildSpec, index: number, out: Writable, opts: { format: LogFormat, color: boolean, width: number }): RunningChild {
   const proc = spawn(process.execPath, [CLI_BIN, ...spec.args], {
-    env: { ...process.env, ...spec.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...spec.env, [STOP_WITH_STACK_ENV]: '1' },
+    stdio: ['pipe', 'pipe', 'pipe'],
     // Its own process group: Ctrl-C at the terminal reaches only the stack, which stops the children
     // in order, instead of every process racing through its own shutdown at once.
     detached: true

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -36,6 +36,8 @@ export interface RunningStack {
   waitFor(re: RegExp, ms?: number): Promise<string>
   /** SIGTERM to the stack; resolves with its exit code. */
   stop(): Promise<number | null>
+  /** A signal to the stack process alone (its children are in their own process groups). */
+  kill(signal: NodeJS.Signals): void
   exited: Promise<number | null>
 }
 
@@ -121,6 +123,7 @@ export async function startStack (opts: { ports: StackPorts, dataDir: string, en
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM')
       return await exited
     },
+    kill: (signal) => { proc.kill(signal) },
     exited
   }
   opts.teardown(async () => {
@@ -134,11 +137,15 @@ export async function startStack (opts: { ports: StackPorts, dataDir: string, en
   return stack
 }
 
-/** True when no process with this pid exists. */
+/** True when no process with this pid exists, or only its zombie (an orphan's exit status that nobody has collected yet). */
 export function gone (pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return false
+  } catch {
+    return true
+  }
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') === true
   } catch {
     return true
   }
