@@ -28,7 +28,7 @@ export const MIN_PASSWORD_LENGTH = 8
 export const MAX_PASSWORD_LENGTH = 1024
 export const USERNAME_RE = /^[a-z0-9][a-z0-9._@-]{0,63}$/
 export const ROLE_RE = /^[a-z][a-z0-9_-]{0,31}$/
-/** `resource:action`, e.g. `orders:read`; `*` is allowed as the action. */
+/** `resource:action`, e.g. `order:read`; `*` is allowed as the action. */
 export const PERMISSION_RE = /^[a-z0-9_.-]{1,64}:(?:[a-z0-9_.-]{1,64}|\*)$/
 
 export const usersComponent: Component = {
@@ -67,7 +67,7 @@ export function validateNewUser (u: NewUser): Required<NewUser> {
   if (!ROLE_RE.test(role)) throw new InvalidAccountError(`role "${role}" must match ${ROLE_RE.source}`)
   const permissions = [...new Set(u.permissions ?? [])]
   for (const p of permissions) {
-    if (!PERMISSION_RE.test(p)) throw new InvalidAccountError(`permission "${p}" must be resource:action (lower case), e.g. orders:read`)
+    if (!PERMISSION_RE.test(p)) throw new InvalidAccountError(`permission "${p}" must be resource:action (lower case), e.g. order:read`)
   }
   return { username, password: u.password, role, permissions }
 }

@@ -1,6 +1,11 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
-import { parseGatewayConfig } from '../gateway/config.js'
+import { loadGatewayConfig, parseGatewayConfig } from '../gateway/config.js'
+import { DEFAULT_CONFIG_PATH } from '../gateway/main.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 import { startTestIssuer } from './helpers/issuer.js'
 import { logSink } from './helpers/log-sink.js'
@@ -174,4 +179,22 @@ t.test('an authenticated request logs one info line (the access line, with sub);
   await debug.app.jwksAuth.refresh()
   await debug.app.inject({ url: '/a/x', headers: { authorization: `Bearer ${token}` } })
   t.match(lines.find((l) => l.event === 'auth_success'), { sub: 'carol', level: 20 }, 'still available at debug')
+})
+
+t.test('the shipped example route file sends /auth/login to the auth service\'s /auth/login', async (t) => {
+  const a = await echoUpstream('auth')
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-example-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  // every upstream of the example at the echo server (same paths); the issuer stays as shipped
+  const file = join(dir, 'routes.yaml')
+  writeFileSync(file, readFileSync(DEFAULT_CONFIG_PATH, 'utf8').replace(/upstream: http:\/\/127\.0\.0\.1:300\d/g, `upstream: ${a.url}`))
+  const gw = await buildGateway({ config: loadGatewayConfig(file), logger: false })
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => { await gw.close(); await a.close() })
+  const base = `http://127.0.0.1:${(gw.app.server.address() as AddressInfo).port}`
+  for (const p of ['/auth/login', '/auth/refresh', '/auth/logout']) {
+    const r = await rawRequest(base, p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    t.equal(r.status, 200, `${p} is public`)
+    t.equal(r.json().url, p, `${p} reaches the auth service at ${p}`)
+  }
 })
