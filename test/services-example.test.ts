@@ -6,6 +6,7 @@ import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'j
 import t, { type Test } from 'tap'
 import { buildService } from '../services/bootstrap.js'
 import { serviceConfigFromEnv, type ServiceKind } from '../services/config.js'
+import { startTestIssuer } from './helpers/issuer.js'
 
 const AUD = 'portcullis'
 
@@ -154,3 +155,16 @@ async function waitFor (cond: () => boolean, ms = 5000): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve))
   }
 }
+
+t.test('CLOCK_SKEW is the services\' leeway on exp (the rotation worker plans with the same S)', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const now = Math.floor(Date.now() / 1000)
+  const expired = issuer.sign({ sub: 'u-late', exp: now - 10 })
+  const strict = await startService(t, 'user', issuer.url, { CLOCK_SKEW: '2s' })
+  const lenient = await startService(t, 'user', issuer.url)
+  const me = (app: FastifyInstance) => app.inject({ url: '/users/me', headers: { authorization: `Bearer ${expired}` } })
+  t.equal((await me(strict.app)).statusCode, 401, 'expired 10 s ago, 2 s of leeway: refused')
+  t.equal((await me(lenient.app)).statusCode, 200, 'the default 60 s of leeway still accepts it')
+  t.throws(() => serviceConfigFromEnv('user', { CLOCK_SKEW: 'a while' }), { message: /CLOCK_SKEW/ })
+})
