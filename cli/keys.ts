@@ -13,7 +13,8 @@ import { table } from './output.js'
 export const help = `Usage: portcullis keys <command>
 
 Commands:
-  list [--json]              every key: kid, state, created, activated/activates, retired, prunes at
+  list [--json]              every key: kid, state, created, activated/activates, retired, prunes at;
+                             fails if the configured secrets cannot open a stored private key
   rotate [--activate-now]    start a new pending key now (it signs after KEY_PREPUBLISH); with
                              --activate-now switch signing at once (to the pending key if there is one)
   revoke <kid>               emergency: unpublish a key at once and destroy its private part; revoking
@@ -84,6 +85,7 @@ export async function run (argv: string[]): Promise<number> {
       const { flags } = expectArgs(cmd, rest, ['--json'])
       return await withStore(async (store, timings) => {
         const keys = await store.list()
+        await store.verifySecrets() // a key the configured secrets cannot open stops the listing
         if (flags.has('--json')) console.log(JSON.stringify(keys.map(({ publicKey: _p, ...k }) => k), null, 2))
         else if (keys.length === 0) console.log('no keys yet (the rotation worker creates the first one, or run "portcullis keys rotate")')
         else console.log(table(rows(keys, timings), ['kid', 'state', 'created', 'activated/activates', 'retired', 'prunes at']))

@@ -58,7 +58,9 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
     cli(['keys', 'revoke', '--', '--no-such-kid']),
     cli(['keys', 'list', '-j']),
     cli(['keys', 'revoke', '--now', kid!]),
-    cli(['keys', 'revoke', '--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U'])
+    cli(['keys', 'revoke', '--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U']),
+    // the check before dropping an old secret: list opens every private part with the secrets given
+    cli(['keys', 'list'], { PORTCULLIS_KEY_SECRETS: 'a-different-secret-0123456789abcdefghijkl' })
   ])
   oneLineError(t, bad[0]!, /^portcullis: no signing key with kid "no-such-kid"$/, 'unknown kid for revoke')
   oneLineError(t, bad[1]!, /^portcullis: Invalid configuration: KEY_ROTATION_PERIOD: expected a duration/, 'malformed duration')
@@ -77,6 +79,7 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   oneLineError(t, bad[14]!, /^portcullis: keys list: unknown option "-j"$/, 'unknown short option')
   oneLineError(t, bad[15]!, /^portcullis: keys revoke: unknown option "--now"$/, 'unknown long option')
   oneLineError(t, bad[16]!, /^portcullis: no signing key with kid "--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U"$/, 'a kid beginning with "--" is looked up')
+  oneLineError(t, bad[17]!, new RegExp(`^portcullis: cannot decrypt private key ${kid}: sealed with secret id [0-9a-f]{12}, which is not among the configured secrets`), 'keys list with a secret that cannot open the keys')
   t.same(await dump(be.db), before, 'store unchanged by every bad command')
 
   // A corrupt row: every command that reads it names it and stops; nothing changes.
