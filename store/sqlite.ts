@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
 import type { Db, Param, Row, Tx } from './db.js'
@@ -23,7 +23,13 @@ export class SqliteDb implements Db {
   #closed = false
 
   constructor (path: string, busyTimeoutMs = DEFAULT_BUSY_TIMEOUT_MS) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
+    if (path !== ':memory:') {
+      // The store holds password hashes, refresh-token hashes and sealed private keys: a new data
+      // directory is the owner's alone, and a new database file is created 0600 before SQLite opens
+      // it (SQLite gives its -wal and -shm files the database file's permissions).
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+      closeSync(openSync(path, 'a', 0o600))
+    }
     this.#db = new Database(path, { timeout: busyTimeoutMs })
     this.#db.pragma('journal_mode = WAL')
     this.#db.pragma('synchronous = NORMAL')

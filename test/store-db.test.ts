@@ -1,3 +1,6 @@
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { toPgPlaceholders } from '../store/db.js'
 import { migrate, openDb } from '../store/index.js'
@@ -79,4 +82,20 @@ t.test('several processes opening a new PostgreSQL schema at once all start (reg
   })
   const results = await Promise.allSettled(dbs.map((d) => d.query<{ one: number }>('SELECT 1 AS one')))
   t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every one started')
+})
+
+t.test('a new SQLite store is private: directory 0700, database and WAL files 0600 (whatever the umask)', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'portcullis-perm-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  const old = process.umask(0o022) // the usual default: files 0644 unless created otherwise
+  t.teardown(() => { process.umask(old) })
+  const dir = join(root, 'data')
+  const db = openDb({ sqlitePath: join(dir, 'portcullis.db') })
+  await migrate(db, [{ name: 'perm', migrations: [{ version: 1, description: 'perm table', up: ['CREATE TABLE perm (id TEXT PRIMARY KEY)'] }] }])
+  await db.run('INSERT INTO perm (id) VALUES (?)', ['x'])
+  const files = readdirSync(dir)
+  t.ok(files.includes('portcullis.db-wal'), `a WAL file exists (${files.join(', ')})`)
+  t.equal(statSync(dir).mode & 0o777, 0o700, 'data directory')
+  for (const f of files) t.equal(statSync(join(dir, f)).mode & 0o777, 0o600, f)
+  await db.close()
 })
