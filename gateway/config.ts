@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
-import AjvModule from 'ajv'
+import AjvModule, { type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../lib/errors.js'
 import { parseDuration } from '../lib/env.js'
-import { ROUTE_FILE_SCHEMA } from './route-schema.js'
+import { DURATION_PATTERN, ROUTE_FILE_SCHEMA } from './route-schema.js'
 
 // ajv is CommonJS with `exports.default`: under NodeNext the default import is the module object.
 const Ajv = AjvModule.default
@@ -86,18 +86,35 @@ function rateLimitOf (r: RawRateLimit | undefined, def: number): RateLimitSettin
 }
 
 /**
+ * One line for the most telling schema error. Ajv reports every failed branch of an `anyOf`
+ * ("must be equal to constant" for `rateLimit: false` when the object branch was meant): the deepest
+ * error wins, then one from inside a branch over the branch mismatch itself; durations, `rateLimit`
+ * and enums get a message that says what is allowed.
+ */
+function describeSchemaError (errors: readonly ErrorObject[]): string {
+  const depth = Math.max(...errors.map((e) => e.instancePath.length))
+  const deepest = errors.filter((e) => e.instancePath.length === depth)
+  const path = deepest[0]!.instancePath
+  const where = path === '' ? '(top level)' : path.slice(1)
+  if (deepest.some((e) => e.keyword === 'pattern' && (e.params as { pattern: string }).pattern === DURATION_PATTERN)) {
+    return `${where}: must be a duration: a positive number of seconds, or a string with a unit (250ms, 5s, 1m, 1h, 1d)`
+  }
+  if (deepest.some((e) => e.keyword === 'const') && deepest.some((e) => e.keyword === 'type' && (e.params as { type: string }).type === 'object')) {
+    return `${where}: must be false (no limit) or an object { max, timeWindow }`
+  }
+  const e = deepest.find((x) => !['const', 'anyOf', 'type'].includes(x.keyword)) ?? deepest.find((x) => x.keyword !== 'anyOf') ?? deepest[0]!
+  let extra = ''
+  if (e.keyword === 'additionalProperties') extra = ` "${(e.params as { additionalProperty: string }).additionalProperty}"`
+  if (e.keyword === 'enum') extra = ` (${(e.params as { allowedValues: unknown[] }).allowedValues.join(', ')})`
+  return `${where}: ${e.message ?? 'is invalid'}${extra}`
+}
+
+/**
  * Validates a parsed route file and fills in defaults. Throws a ConfigError naming `source`
  * (the file path) and the first problem, e.g. `routes/0/upstream: must match pattern "^https?://"`.
  */
 export function parseGatewayConfig (data: unknown, source: string): GatewayConfig {
-  if (!validate(data)) {
-    const e = validate.errors![0]!
-    const where = e.instancePath === '' ? '(top level)' : e.instancePath.slice(1)
-    const extra = e.keyword === 'additionalProperties'
-      ? ` "${(e.params as { additionalProperty: string }).additionalProperty}"`
-      : ''
-    throw new ConfigError(source, `${where}: ${e.message ?? 'is invalid'}${extra}`)
-  }
+  if (!validate(data)) throw new ConfigError(source, describeSchemaError(validate.errors!))
   const file = data
   const defTimeouts: Timeouts = {
     connect: seconds(file.timeouts?.connect, DEFAULT_TIMEOUTS.connect),

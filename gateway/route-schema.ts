@@ -1,12 +1,16 @@
+import { SUPPORTED_ALGORITHMS } from '../plugins/auth-options.js'
+
 /**
  * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The README's
  * "Route file" section documents the same fields; keep them in step.
  */
+export const DURATION_PATTERN = '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$'
+
 const duration = {
   description: 'seconds as a number, or a string with a unit: 250ms, 5s, 1m',
   anyOf: [
     { type: 'number', exclusiveMinimum: 0 },
-    { type: 'string', pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$' }
+    { type: 'string', pattern: DURATION_PATTERN }
   ]
 } as const
 
@@ -20,7 +24,7 @@ const rateLimit = {
       additionalProperties: false,
       required: ['max'],
       properties: {
-        max: { type: 'integer', minimum: 0 },
+        max: { type: 'integer', minimum: 1 }, // 0 would refuse everything: `rateLimit: false` turns it off
         timeWindow: duration
       }
     }
@@ -49,7 +53,7 @@ export const ROUTE_FILE_SCHEMA = {
           issuer: { type: 'string', pattern: '^https?://' },
           jwksUri: { type: 'string', pattern: '^https?://' },
           audience: { anyOf: [{ type: 'string', minLength: 1 }, { ...nonEmptyStrings, minItems: 1 }] },
-          algorithms: { ...nonEmptyStrings, minItems: 1 }
+          algorithms: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: SUPPORTED_ALGORITHMS } }
         }
       }
     },

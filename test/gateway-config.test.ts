@@ -42,7 +42,15 @@ t.test('a bad route file names the problem', async (t) => {
     [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x' }, { prefix: '/a', upstream: 'http://y' }] }, /routes\/1\/prefix: "\/a" is listed twice/],
     [{ routes: [{ prefix: '/a', upstream: 'http://x' }] }, /issuers: at least one issuer/],
     [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', timeouts: { headers: '10 parsecs' } }] }, /routes\/0\/timeouts\/headers/],
-    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: -1 } }] }, /routes\/0\/rateLimit/]
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: -1 } }] }, /routes\/0\/rateLimit/],
+    // what is allowed, not the first failed branch of an anyOf ("must be equal to constant")
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: 10, timeWindow: 'soon' } }] }, /^Invalid configuration: inline: routes\/0\/rateLimit\/timeWindow: must be a duration: a positive number of seconds, or a string with a unit \(250ms, 5s, 1m, 1h, 1d\)$/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: 10, extra: 1 } }] }, /^Invalid configuration: inline: routes\/0\/rateLimit: must NOT have additional properties "extra"$/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: true }] }, /^Invalid configuration: inline: routes\/0\/rateLimit: must be false \(no limit\) or an object \{ max, timeWindow \}$/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', rateLimit: { max: 0 } }] }, /^Invalid configuration: inline: routes\/0\/rateLimit\/max: must be >= 1$/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', timeouts: { connect: 'forever' } }] }, /^Invalid configuration: inline: routes\/0\/timeouts\/connect: must be a duration/],
+    [{ issuers: [ISSUER], routes: [{ prefix: '/a', upstream: 'http://x', methods: ['GETT'] }] }, /^Invalid configuration: inline: routes\/0\/methods\/0: must be equal to one of the allowed values \(GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\)$/],
+    [{ issuers: [{ ...ISSUER, algorithms: ['HS256'] }], routes: [{ prefix: '/a', upstream: 'http://x' }] }, /^Invalid configuration: inline: issuers\/0\/algorithms\/0: must be equal to one of the allowed values \(RS256, RS384, RS512, PS256, PS384, PS512\)$/]
   ]
   for (const [data, re] of bad) t.throws(() => parseGatewayConfig(data, 'inline'), re)
 })
