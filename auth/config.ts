@@ -60,7 +60,7 @@ export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
   ['AUTH_LOGIN_USER_MAX', String(DEFAULT_LOGIN_USER_MAX), 'login attempts per username (known or not) per AUTH_LOGIN_USER_WINDOW, then 429'],
   ['AUTH_LOGIN_USER_WINDOW', `${DEFAULT_LOGIN_USER_WINDOW / 60}m`, 'window of AUTH_LOGIN_USER_MAX'],
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
-  ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable = logins answer 503'],
+  ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable at boot stops the boot, later outages answer logins 503'],
   ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
   ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
   ['PASSWORD_SCRYPT_P', '3', 'scrypt parallelization for new hashes (N=2^15, r=8, p=3 is an OWASP-recommended setting)']

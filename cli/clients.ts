@@ -1,6 +1,6 @@
 import { UsageError } from '../lib/errors.js'
 import { openClientStore, type ClientStore } from '../store/clients.js'
-import { dbOptionsFromEnv } from '../store/config.js'
+import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
 import { openDb } from '../store/index.js'
 import { table } from './output.js'
 import { parseCommandArgs, splitList } from './users.js'
@@ -18,8 +18,10 @@ Commands:
 
 Environment: DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR (the store).`
 
-async function withClients<T> (fn: (clients: ClientStore) => Promise<T>): Promise<T> {
-  const db = openDb(dbOptionsFromEnv(process.env))
+async function withClients<T> (fn: (clients: ClientStore) => Promise<T>, existing = true): Promise<T> {
+  const opts = dbOptionsFromEnv(process.env)
+  if (existing) requireExistingStore(opts)
+  const db = openDb(opts)
   try {
     return await fn(await openClientStore(db))
   } finally {
@@ -43,7 +45,7 @@ export async function run (argv: string[]): Promise<number> {
         console.log(`client_secret=${clientSecret}`)
         console.log('the secret is shown only now: store it in the service\'s secret configuration')
         return 0
-      })
+      }, false) // the first client may create the store
     }
     case 'list': {
       const { values } = parseCommandArgs('clients list', rest, { json: { type: 'boolean' } }, 0)

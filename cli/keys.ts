@@ -3,7 +3,7 @@ import { envEnum } from '../lib/env.js'
 import { UsageError } from '../lib/errors.js'
 import { loggerOptions } from '../lib/logger.js'
 import { activationTime, pruneTime } from '../rotation/lifecycle.js'
-import { dbOptionsFromEnv } from '../store/config.js'
+import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
 import { openDb } from '../store/index.js'
 import { keyTimingsFromEnv } from '../store/key-timings.js'
 import { DEFAULT_KEY_SIZE, KEY_SIZES, openKeyStore, type KeyRecord, type KeySize, type KeyStore } from '../store/keys.js'
@@ -37,9 +37,10 @@ function rows (keys: readonly KeyRecord[], timings: ReturnType<typeof keyTimings
   }))
 }
 
-async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof keyTimingsFromEnv>) => Promise<T>): Promise<T> {
+async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof keyTimingsFromEnv>) => Promise<T>, existing = true): Promise<T> {
   const env = process.env
   const dbOpts = dbOptionsFromEnv(env)
+  if (existing) requireExistingStore(dbOpts) // before a local secret could be generated
   const timings = keyTimingsFromEnv(env)
   const keySize = Number(envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))) as KeySize
   // Human output goes to stdout; log lines (state changes, warnings) to stderr.
@@ -100,7 +101,7 @@ export async function run (argv: string[]): Promise<number> {
         else if (r.created) console.log(`created pending key ${r.kid}; it is published now and starts signing at ${iso(r.activatesAt)} (the rotation worker activates it)`)
         else console.log(`pending key ${r.kid} already exists and starts signing at ${iso(r.activatesAt)}; use --activate-now to switch now`)
         return 0
-      })
+      }, false) // the first key may create the store
     }
     case 'revoke': {
       const { pos } = expectArgs(cmd, rest, [], 1)

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { UsageError } from '../lib/errors.js'
-import { dbOptionsFromEnv } from '../store/config.js'
+import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
 import { openDb, type Db } from '../store/index.js'
 import { PasswordHasher, scryptParamsFromEnv } from '../store/password.js'
 import { openRefreshStore } from '../store/refresh.js'
@@ -50,9 +50,10 @@ async function readStdin (): Promise<string> {
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '')
 }
 
-async function withUsers<T> (fn: (users: UserStore, db: Db) => Promise<T>): Promise<T> {
+async function withUsers<T> (fn: (users: UserStore, db: Db) => Promise<T>, existing = true): Promise<T> {
   const env = process.env
   const dbOpts = dbOptionsFromEnv(env)
+  if (existing) requireExistingStore(dbOpts)
   const hasher = new PasswordHasher({ params: scryptParamsFromEnv(env) })
   const db = openDb(dbOpts)
   try {
@@ -81,7 +82,7 @@ export async function run (argv: string[]): Promise<number> {
         console.log(`added user ${u.username} (id ${u.id}, role ${u.role}${u.permissions.length > 0 ? `, permissions ${u.permissions.join(',')}` : ''})`)
         if (generated) console.log(`password (shown once): ${password}`)
         return 0
-      })
+      }, false) // the first user may create the store
     }
     case 'list': {
       const { values } = parseCommandArgs('users list', rest, { json: { type: 'boolean' } }, 0)

@@ -1,4 +1,5 @@
-import { join } from 'node:path'
+import { existsSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
 import type { DbOptions } from './db.js'
@@ -23,5 +24,17 @@ export function dbOptionsFromEnv (env: Env): DbOptions & { dataDir: string } {
     sqlitePath: join(dataDir, 'portcullis.db'),
     ...(url !== undefined ? { databaseUrl: url.toString() } : {}),
     ...(schema !== undefined ? { pgSchema: schema } : {})
+  }
+}
+
+/**
+ * For commands that read or change what is already there (`keys list`, `users remove`...): with the
+ * embedded store its file must exist, so a command run from the wrong folder says so instead of
+ * quietly creating an empty store (and a new local secret) there.
+ */
+export function requireExistingStore (opts: DbOptions & { dataDir: string }): void {
+  if (opts.databaseUrl !== undefined || opts.sqlitePath === undefined) return
+  if (!existsSync(opts.sqlitePath)) {
+    throw new ConfigError('PORTCULLIS_DATA_DIR', `no store at ${resolve(opts.sqlitePath)}: run the command from the folder that holds data/, or point PORTCULLIS_DATA_DIR (or DATABASE_URL) at the store`)
   }
 }

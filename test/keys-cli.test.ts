@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { KEYS_TABLE } from '../store/keys-schema.js'
 import type { Db } from '../store/db.js'
@@ -40,6 +42,7 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   t.match(help.stdout, /--once/)
 
   const before = await dump(be.db)
+  const nowhere = join(be.env.PORTCULLIS_DATA_DIR!, 'nowhere')
   const bad = await Promise.all([
     cli(['keys', 'revoke', 'no-such-kid']),
     cli(['keys', 'rotate'], { KEY_ROTATION_PERIOD: 'weekly' }),
@@ -60,7 +63,9 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
     cli(['keys', 'revoke', '--now', kid!]),
     cli(['keys', 'revoke', '--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U']),
     // the check before dropping an old secret: list opens every private part with the secrets given
-    cli(['keys', 'list'], { PORTCULLIS_KEY_SECRETS: 'a-different-secret-0123456789abcdefghijkl' })
+    cli(['keys', 'list'], { PORTCULLIS_KEY_SECRETS: 'a-different-secret-0123456789abcdefghijkl' }),
+    // run from the wrong folder: read-only commands say there is no store instead of creating one
+    ...[['keys', 'list'], ['keys', 'jwks'], ['users', 'list'], ['clients', 'remove', 'x']].map((args) => cli(args, { PORTCULLIS_DATA_DIR: nowhere, PORTCULLIS_KEY_SECRETS: '' }))
   ])
   oneLineError(t, bad[0]!, /^portcullis: no signing key with kid "no-such-kid"$/, 'unknown kid for revoke')
   oneLineError(t, bad[1]!, /^portcullis: Invalid configuration: KEY_ROTATION_PERIOD: expected a duration/, 'malformed duration')
@@ -79,6 +84,8 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   oneLineError(t, bad[14]!, /^portcullis: keys list: unknown option "-j"$/, 'unknown short option')
   oneLineError(t, bad[15]!, /^portcullis: keys revoke: unknown option "--now"$/, 'unknown long option')
   oneLineError(t, bad[16]!, /^portcullis: no signing key with kid "--Sr0e5Bgr6BidmtmsV58wH8L0FzHPc5XhzmAzi029U"$/, 'a kid beginning with "--" is looked up')
+  for (const r of bad.slice(18)) oneLineError(t, r, new RegExp(`^portcullis: Invalid configuration: PORTCULLIS_DATA_DIR: no store at ${nowhere}/portcullis\\.db: run the command from the folder that holds data/`), 'no store there')
+  t.notOk(existsSync(nowhere), 'nothing was created where there is no store')
   oneLineError(t, bad[17]!, new RegExp(`^portcullis: cannot decrypt private key ${kid}: sealed with secret id [0-9a-f]{12}, which is not among the configured secrets`), 'keys list with a secret that cannot open the keys')
   t.same(await dump(be.db), before, 'store unchanged by every bad command')
 
