@@ -32,7 +32,7 @@ function rows (keys: readonly KeyRecord[], timings: ReturnType<typeof keyTimings
     state: k.state,
     created: iso(k.createdAt),
     'activated/activates': k.state === 'pending' ? `(${iso(activationTime(k, timings))})` : iso(k.activatedAt),
-    retired: iso(k.retiredAt ?? k.revokedAt),
+    retired: iso(k.state === 'revoked' ? k.revokedAt : k.retiredAt), // a retired key revoked later shows when it was revoked
     'prunes at': iso(pruneTime(k, timings))
   }))
 }

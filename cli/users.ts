@@ -30,7 +30,11 @@ export function parseCommandArgs (prefix: string, args: string[], options: Parse
   try {
     parsed = parseArgs({ args, options: options ?? {}, allowPositionals: true, strict: true })
   } catch (err) {
-    throw new UsageError(`${prefix}: ${(err as Error).message}`)
+    // node's wording ("Unknown option '--x'. To specify a positional argument ...") in the house style
+    const e = err as Error & { code?: string }
+    const opt = /'([^']+)'/.exec(e.message)?.[1]
+    if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && opt !== undefined) throw new UsageError(`${prefix}: unknown option "${opt}"`)
+    throw new UsageError(`${prefix}: ${e.message}`)
   }
   const [min, max] = typeof positionals === 'number' ? [positionals, positionals] : positionals
   const n = parsed.positionals.length

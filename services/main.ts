@@ -18,9 +18,10 @@ ${SERVICE_ENV_HELP}`
 
 export async function run (argv: string[]): Promise<number> {
   const kind = argv[0]
-  if (kind === undefined || !(SERVICE_KINDS as readonly string[]).includes(kind) || argv.length > 1) {
+  if (kind === undefined || !(SERVICE_KINDS as readonly string[]).includes(kind)) {
     throw new UsageError(`expected one of ${SERVICE_KINDS.join(', ')}: portcullis services <user|order|product>`)
   }
+  if (argv.length > 1) throw new UsageError(`services ${kind}: unknown argument "${argv[1]}" (settings come from the environment; see portcullis services --help)`)
   const config = serviceConfigFromEnv(kind as ServiceKind, process.env)
   const app = await buildService(config)
   const grace = closeWithGrace({ delay: 5000, logger: false }, async ({ signal, err }) => {

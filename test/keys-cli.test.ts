@@ -107,4 +107,14 @@ t.test('keys and rotation commands: happy path and bad input (one-line errors, n
   const after = JSON.parse((await cli(['keys', 'jwks'])).stdout) as { keys: Array<{ kid: string }> }
   t.equal(after.keys.length, 1)
   t.not(after.keys[0]!.kid, kid, 'the revoked key left the JWKS')
+
+  // A retired key revoked later: the list shows when it was revoked, not when it retired.
+  const second = after.keys[0]!.kid
+  t.equal((await cli(['keys', 'rotate', '--activate-now'])).code, 0)
+  t.equal((await cli(['keys', 'revoke', '--', second])).code, 0)
+  const [row] = await be.db.query<{ state: string, retired_at: number, revoked_at: number }>(`SELECT state, retired_at, revoked_at FROM ${KEYS_TABLE} WHERE kid = ?`, [second])
+  t.equal(row!.state, 'revoked')
+  t.ok(Number(row!.retired_at) > 0 && Number(row!.revoked_at) >= Number(row!.retired_at), 'retired, then revoked')
+  const listed = (await cli(['keys', 'list'])).stdout.split('\n').find((l) => l.startsWith(second))!
+  t.match(listed, new RegExp(` revoked .* ${new Date(Number(row!.revoked_at)).toISOString().replace(/[.]/g, '\\.')}( |$)`), 'the revoke time in the list')
 })

@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { run as runStack } from '../cli/stack.js'
+import { parseCommandArgs } from '../cli/users.js'
 import { prettyLine } from '../cli/stack/children.js'
 import { DEMO_FILE, DEMO_USERS, seedDemo } from '../cli/stack/demo.js'
 import { stackRouteFile } from '../cli/stack/routes.js'
@@ -99,6 +100,8 @@ t.test('bad commands and settings fail with one clear message', async (t) => {
   await t.rejects(runStack(['--bogus']), { code: 'PORTCULLIS_USAGE', message: /unknown option "--bogus"/ })
   await t.rejects(runStack(['--log-format', 'xml']), { code: 'PORTCULLIS_USAGE' })
   await t.rejects(runServices(['shipping']), { code: 'PORTCULLIS_USAGE', message: /user, order, product/ })
+  t.throws(() => parseCommandArgs('users add', ['bob', '--bogus'], { role: { type: 'string' } }, 1), { code: 'PORTCULLIS_USAGE', message: 'users add: unknown option "--bogus"' })
+  await t.rejects(runServices(['user', '--bogus']), { code: 'PORTCULLIS_USAGE', message: 'services user: unknown argument "--bogus" (settings come from the environment; see portcullis services --help)' })
   t.throws(() => serviceConfigFromEnv('order', { SERVICE_CLIENT_ID: 'x' }), { code: 'PORTCULLIS_CONFIG', message: /SERVICE_CLIENT_SECRET/ })
   t.throws(() => serviceConfigFromEnv('user', { USER_SERVICE_PORT: 'eighty' }), { message: /USER_SERVICE_PORT/ })
   t.throws(() => serviceConfigFromEnv('user', { AUTH_ISSUER: 'ftp://x' }), { message: /AUTH_ISSUER/ })
