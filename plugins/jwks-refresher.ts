@@ -133,6 +133,8 @@ export class IssuerKeys {
       res = await fetch(this.config.jwksUri, { headers, redirect: 'error', signal })
       text = await readLimited(res, MAX_JWKS_BYTES)
     } catch (err) {
+      // cut off because the app is closing (say a boot that failed on a port in use): not an issuer problem
+      if (this.#closing.signal.aborted) return 'failure'
       if (err instanceof BodyTooLarge) return this.#failed(false, 'JWKS body too large')
       return this.#failed(true, describe(err))
     }

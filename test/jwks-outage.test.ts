@@ -148,3 +148,19 @@ t.test('closing the app aborts a refresh stuck on a hanging issuer', async (t) =
   await pending
   t.pass('the refresh settled once the app closed')
 })
+
+t.test('closing the app during a fetch from a hanging issuer: close does not wait, and no fetch failure is logged', async (t) => {
+  const issuer = await startTestIssuer({ keys: [rsaKey({ label: 'closing' })] })
+  t.teardown(() => issuer.close())
+  const lines: LogLine[] = []
+  const app = await buildApp(issuer, { ms: Date.now() }, lines, { fetchTimeout: 30 })
+  issuer.mode = 'hang'
+  const before = issuer.fetches
+  const pending = app.jwksAuth.refresh()
+  await issuer.waitForFetches(before + 1)
+  const started = Date.now()
+  await app.close()
+  await pending
+  t.ok(Date.now() - started < 10_000, 'close cut the fetch off (its timeout is 30 s)')
+  t.same(lines.filter((l) => l.event === 'jwks_fetch_failed'), [], 'no jwks_fetch_failed: the issuer did nothing wrong, the app was closing')
+})
