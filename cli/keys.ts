@@ -46,7 +46,7 @@ async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof ke
   // Human output goes to stdout; log lines (state changes, warnings) to stderr.
   const level = envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn')
   const log = pino(loggerOptions('keys', level), pino.destination(2))
-  const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
+  const secrets = await loadKeySecrets(env, dbOpts.dataDir, log, { create: !existing })
   const db = openDb(dbOpts)
   try {
     return await fn(await openKeyStore(db, { secrets, timings, keySize, log }), timings)

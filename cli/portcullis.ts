@@ -4,13 +4,15 @@ import { COMMANDS, type CommandModule } from './commands.js'
 import { formatCliError } from './output.js'
 import { STOP_WITH_STACK_ENV } from './stack/children.js'
 
-/** A child of `portcullis start` stops (SIGTERM to itself: the command's own graceful shutdown) when the stack's pipe ends. */
+/**
+ * A child of `portcullis start` stops (SIGTERM to itself: the command's own graceful shutdown) when
+ * its IPC channel to the stack closes. Nothing happens without the channel (a process run by hand).
+ */
 function stopWithStack (): void {
-  const stdin = process.stdin
-  stdin.on('error', () => {})
-  stdin.once('end', () => { process.kill(process.pid, 'SIGTERM') })
-  stdin.resume()
-  ;(stdin as { unref?: () => void }).unref?.() // never the reason the process stays up
+  delete process.env[STOP_WITH_STACK_ENV] // not passed on to anything this process starts
+  if (process.channel === undefined) return
+  process.channel.unref() // never the reason the process stays up
+  process.once('disconnect', () => { process.kill(process.pid, 'SIGTERM') })
 }
 
 const USAGE = `Usage: portcullis <command> [options]

@@ -1,10 +1,10 @@
-import { mkdirSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { join, resolve } from 'node:path'
 import { envBool, envDuration, envEnum, envInt, envString, type Env } from '../lib/env.js'
 import { ConfigError, UsageError } from '../lib/errors.js'
+import { listenError } from '../lib/listen.js'
 import { openDb } from '../store/index.js'
-import { dbOptionsFromEnv } from '../store/config.js'
+import { dbOptionsFromEnv, makeDataDir } from '../store/config.js'
 import { startChild, stopChildren, waitForHttp, type ChildSpec, type LogFormat, type RunningChild } from './stack/children.js'
 import { seedDemo, type DemoState } from './stack/demo.js'
 import { writeStackRouteFile } from './stack/routes.js'
@@ -55,39 +55,36 @@ function parseFlags (argv: string[]): StackFlags {
   return flags
 }
 
-function urlsFromEnv (env: Env): StackUrls {
-  const port = (name: string, def: number): number => envInt(env, name, def, { min: 1, max: 65535 })
-  const host = (name: string): string => {
-    const h = envString(env, name, '127.0.0.1')
-    return h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h
-  }
-  const http = (h: string, p: number): string => `http://${h.includes(':') ? `[${h}]` : h}:${p}`
-  const authHost = host('AUTH_HOST')
-  const svcHost = host('SERVICE_HOST')
-  const gwHost = host('GATEWAY_HOST')
-  const auth = http(authHost, port('AUTH_PORT', 3000))
-  return {
-    auth,
-    issuer: envString(env, 'AUTH_ISSUER', auth).replace(/\/$/, ''),
-    authAdmin: http(authHost, port('AUTH_ADMIN_PORT', 9091)),
-    rotationMetrics: http(host('ROTATION_METRICS_HOST'), port('ROTATION_METRICS_PORT', 9464)),
-    user: http(svcHost, port('USER_SERVICE_PORT', 3001)),
-    order: http(svcHost, port('ORDER_SERVICE_PORT', 3002)),
-    product: http(svcHost, port('PRODUCT_SERVICE_PORT', 3003)),
-    gateway: http(gwHost, port('GATEWAY_PORT', 8080)),
-    gatewayAdmin: http(gwHost, port('GATEWAY_ADMIN_PORT', 9090))
-  }
-}
-
-/** Where each child will listen: [setting, host, port], default ports as in urlsFromEnv. */
-function listeners (env: Env): Array<[setting: string, host: string, port: number]> {
-  const at = (hostVar: string, portVar: string, def: number): [string, string, number] =>
-    [portVar, envString(env, hostVar, '127.0.0.1'), envInt(env, portVar, def, { min: 1, max: 65535 })]
-  return [
+/** Where each child will listen, by port setting: host and port (defaults as the children have them). */
+function listeners (env: Env): Map<string, { host: string, port: number }> {
+  const at = (hostVar: string, portVar: string, def: number): [string, { host: string, port: number }] =>
+    [portVar, { host: envString(env, hostVar, '127.0.0.1'), port: envInt(env, portVar, def, { min: 1, max: 65535 }) }]
+  return new Map([
     at('ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 9464), at('AUTH_HOST', 'AUTH_PORT', 3000), at('AUTH_HOST', 'AUTH_ADMIN_PORT', 9091),
     at('SERVICE_HOST', 'USER_SERVICE_PORT', 3001), at('SERVICE_HOST', 'PRODUCT_SERVICE_PORT', 3003), at('SERVICE_HOST', 'ORDER_SERVICE_PORT', 3002),
     at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_HOST', 'GATEWAY_ADMIN_PORT', 9090)
-  ]
+  ])
+}
+
+function urlsFromEnv (env: Env): StackUrls {
+  const at = listeners(env)
+  const url = (setting: string): string => {
+    const { host, port } = at.get(setting)!
+    const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host
+    return `http://${h.includes(':') ? `[${h}]` : h}:${port}`
+  }
+  const auth = url('AUTH_PORT')
+  return {
+    auth,
+    issuer: envString(env, 'AUTH_ISSUER', auth).replace(/\/$/, ''),
+    authAdmin: url('AUTH_ADMIN_PORT'),
+    rotationMetrics: url('ROTATION_METRICS_PORT'),
+    user: url('USER_SERVICE_PORT'),
+    order: url('ORDER_SERVICE_PORT'),
+    product: url('PRODUCT_SERVICE_PORT'),
+    gateway: url('GATEWAY_PORT'),
+    gatewayAdmin: url('GATEWAY_ADMIN_PORT')
+  }
 }
 
 /**
@@ -99,18 +96,14 @@ async function checkPortsFree (env: Env): Promise<void> {
   const held: Server[] = []
   const seen = new Map<string, string>()
   try {
-    for (const [setting, host, port] of listeners(env)) {
+    for (const [setting, { host, port }] of listeners(env)) {
       const other = seen.get(`${host}:${port}`)
       if (other !== undefined) throw new ConfigError(setting, `must differ from ${other} (${port})`)
       seen.set(`${host}:${port}`, setting)
       const srv = createServer()
       held.push(srv)
       await new Promise<void>((resolve, reject) => {
-        srv.once('error', (err: NodeJS.ErrnoException) => {
-          reject(err.code === 'EADDRINUSE'
-            ? new ConfigError(setting, `${host}:${port} is already in use (another Portcullis stack, or another program?)`)
-            : new ConfigError(setting, `cannot listen on ${host}:${port} (${err.code ?? err.message})`))
-        })
+        srv.once('error', (err) => { reject(listenError(err, setting, host, port, ' (another Portcullis stack, or another program?)')) })
         srv.listen(port, host, resolve)
       })
     }
@@ -133,7 +126,7 @@ export async function run (argv: string[]): Promise<number> {
   await checkPortsFree(env)
   const audience = envString(env, 'AUTH_AUDIENCE', 'portcullis').split(',')[0]!.trim()
 
-  mkdirSync(dataDir, { recursive: true })
+  makeDataDir(dataDir)
   const dbOpts = dbOptionsFromEnv({ ...env, PORTCULLIS_DATA_DIR: dataDir })
   let demoState: DemoState | undefined
   let demoCreated = false

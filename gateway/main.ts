@@ -64,7 +64,6 @@ export function settingsFromEnv (env: Env): GatewaySettings {
   envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info') // read by lib/logger.ts
   const port = envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 })
   const adminPort = envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 })
-  if (port !== 0 && port === adminPort) throw new ConfigError('GATEWAY_ADMIN_PORT', `must differ from GATEWAY_PORT (${port})`)
   return {
     host: envString(env, 'GATEWAY_HOST', '127.0.0.1'),
     port,

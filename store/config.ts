@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { envString, envUrl, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
@@ -37,4 +37,13 @@ export function requireExistingStore (opts: DbOptions & { dataDir: string }): vo
   if (!existsSync(opts.sqlitePath)) {
     throw new ConfigError('PORTCULLIS_DATA_DIR', `no store at ${resolve(opts.sqlitePath)}: run the command from the folder that holds data/, or point PORTCULLIS_DATA_DIR (or DATABASE_URL) at the store`)
   }
+}
+
+/**
+ * Creates the data folder (and any missing parent) for the owner alone: it holds the store, with
+ * password hashes and sealed private keys, and the local key-encryption secret. An existing folder
+ * keeps its mode.
+ */
+export function makeDataDir (dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
 }

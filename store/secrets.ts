@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto'
-import { linkSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
+import { linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { envList, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
+import { makeDataDir } from './config.js'
 import { keySecretsFromList, MIN_SECRET_LENGTH, type KeySecrets } from './crypto.js'
 
 export type { KeySecrets } from './crypto.js'
@@ -22,8 +23,8 @@ function checkSecrets (list: readonly string[], where: string): void {
   })
 }
 
-/** Reads the local secret file, or creates it (mode 0600) exactly once even when processes race. */
-function localSecret (dataDir: string, log: Logger): string {
+/** Reads the local secret file, or (`create`) creates it (mode 0600) exactly once even when processes race. */
+function localSecret (dataDir: string, log: Logger, create: boolean): string {
   const path = join(dataDir, LOCAL_SECRET_FILE)
   const read = (): string => readFileSync(path, 'utf8').trim()
   try {
@@ -33,7 +34,8 @@ function localSecret (dataDir: string, log: Logger): string {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
-  mkdirSync(dataDir, { recursive: true })
+  if (!create) throw new ConfigError(KEY_SECRETS_ENV, `is not set and there is no local secret at ${path}: set it to the secrets the keys are sealed with`)
+  makeDataDir(dataDir)
   // Write a private temp file, then link it into place: link() fails if another process won the race,
   // and nobody ever reads a half-written secret.
   const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`
@@ -52,15 +54,16 @@ function localSecret (dataDir: string, log: Logger): string {
 /**
  * The key-encryption secrets: `PORTCULLIS_KEY_SECRETS` (comma list: first encrypts, all decrypt), or
  * with it unset (local use) a secret generated once into `<dataDir>/key-secret` with a warning.
+ * `create: false` (commands that only read keys) never generates the local secret.
  * @throws ConfigError naming PORTCULLIS_KEY_SECRETS (or the file) when a secret is too short.
  */
-export async function loadKeySecrets (env: Env, dataDir: string, log: Logger): Promise<KeySecrets> {
+export async function loadKeySecrets (env: Env, dataDir: string, log: Logger, opts: { create?: boolean } = {}): Promise<KeySecrets> {
   const list = envList(env, KEY_SECRETS_ENV)
   if (list.length > 0) {
     checkSecrets(list, KEY_SECRETS_ENV)
     return keySecretsFromList(list, 'env')
   }
-  const s = localSecret(dataDir, log)
+  const s = localSecret(dataDir, log, opts.create ?? true)
   checkSecrets([s], join(dataDir, LOCAL_SECRET_FILE))
   return keySecretsFromList([s], 'file')
 }

@@ -1,6 +1,7 @@
-import { closeSync, mkdirSync, openSync } from 'node:fs'
+import { closeSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
+import { makeDataDir } from './config.js'
 import type { Db, Param, Row, Tx } from './db.js'
 
 /** Waits this long for another process's write lock before SQLITE_BUSY. */
@@ -27,7 +28,7 @@ export class SqliteDb implements Db {
       // The store holds password hashes, refresh-token hashes and sealed private keys: a new data
       // directory is the owner's alone, and a new database file is created 0600 before SQLite opens
       // it (SQLite gives its -wal and -shm files the database file's permissions).
-      mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+      makeDataDir(dirname(path))
       closeSync(openSync(path, 'a', 0o600))
     }
     this.#db = new Database(path, { timeout: busyTimeoutMs })

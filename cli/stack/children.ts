@@ -9,7 +9,7 @@ export const CLI_BIN = fileURLToPath(new URL(import.meta.url.includes('/dist/cli
 export type LogFormat = 'pretty' | 'json'
 
 /**
- * Set on every child of the stack, whose stdin is a pipe from the stack: when that pipe ends (the
+ * Set on every child of the stack, which has an IPC channel to the stack: when the channel closes (the
  * stack died without stopping its children: SIGKILL, out of memory) the child stops as on SIGTERM
  * instead of living on as an orphan holding its port.
  */
@@ -55,14 +55,14 @@ export function prettyLine (line: string): string {
 export function startChild (spec: ChildSpec, index: number, out: Writable, opts: { format: LogFormat, color: boolean, width: number }): RunningChild {
   const proc = spawn(process.execPath, [CLI_BIN, ...spec.args], {
     env: { ...process.env, ...spec.env, [STOP_WITH_STACK_ENV]: '1' },
-    stdio: ['pipe', 'pipe', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     // Its own process group: Ctrl-C at the terminal reaches only the stack, which stops the children
     // in order, instead of every process racing through its own shutdown at once.
     detached: true
   })
   const label = `[${spec.name}]`.padEnd(opts.width + 2)
   const prefix = opts.color ? `\x1b[${COLORS[index % COLORS.length]}m${label}\x1b[0m ` : `${label} `
-  for (const stream of [proc.stdout, proc.stderr]) {
+  for (const stream of [proc.stdout!, proc.stderr!]) { // piped above
     createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
       out.write(prefix + (opts.format === 'pretty' ? prettyLine(line) : line) + '\n')
     })

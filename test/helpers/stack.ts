@@ -147,7 +147,7 @@ export function gone (pid: number): boolean {
   try {
     return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z') === true
   } catch {
-    return true
+    return false // it answered kill(pid, 0): alive, wherever /proc is missing
   }
 }
 
