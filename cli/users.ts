@@ -19,8 +19,8 @@ Commands:
                    delete a user and revoke its refresh tokens (access tokens already issued stay
                    valid until they expire, ACCESS_TOKEN_TTL)
 
-Roles: lower-case identifiers (default "user"). Permissions: resource:action, e.g. order:read (what the example services check: order:read,
-order:create, product:write).
+Roles: lower-case identifiers (default "user"). Permissions: resource:action, e.g. order:read (the
+example services check order:read, order:create and product:write).
 Environment: DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR (the store), PASSWORD_SCRYPT_N/R/P
 (scrypt parameters for new hashes; see portcullis auth --help).`
 

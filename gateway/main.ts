@@ -62,13 +62,11 @@ export function settingsFromEnv (env: Env): GatewaySettings {
     }
   }
   envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info') // read by lib/logger.ts
-  const port = envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 })
-  const adminPort = envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 })
   return {
     host: envString(env, 'GATEWAY_HOST', '127.0.0.1'),
-    port,
+    port: envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 }),
     adminHost: envString(env, 'GATEWAY_ADMIN_HOST', '127.0.0.1'),
-    adminPort,
+    adminPort: envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 }),
     configPath: envString(env, 'GATEWAY_CONFIG', DEFAULT_CONFIG_PATH),
     redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href,
     failClosed: envBool(env, 'GATEWAY_RATE_LIMIT_FAIL_CLOSED', false),

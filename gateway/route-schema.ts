@@ -1,9 +1,6 @@
 import { SUPPORTED_ALGORITHMS } from '../plugins/auth-options.js'
 
-/**
- * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The README's
- * "Route file" section documents the same fields; keep them in step.
- */
+/** A duration string: seconds, or a number with a unit (also how config errors recognise a bad duration). */
 export const DURATION_PATTERN = '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$'
 
 const duration = {
@@ -37,6 +34,10 @@ const timeouts = {
   properties: { connect: duration, headers: duration, body: duration }
 } as const
 
+/**
+ * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The README's
+ * "Route file" section documents the same fields; keep them in step.
+ */
 export const ROUTE_FILE_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   type: 'object',

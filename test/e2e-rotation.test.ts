@@ -114,7 +114,7 @@ t.test('keys rotate several times under a steady stream of fresh tokens: no 401,
   t.ok(rotations.length >= MIN_ROTATIONS, `the rotation worker logged ${rotations.length} activations`)
 
   // The stack killed outright (SIGKILL, out of memory: no chance to stop its children): each child
-  // sees its pipe from the stack end and stops itself, so no orphan keeps serving or holding a port.
+  // sees its IPC channel to the stack close and stops itself, so no orphan keeps serving or holding a port.
   const children = [...stack.pids.values()]
   t.equal(children.length, 6, 'six children were started')
   stack.kill('SIGKILL')
