@@ -1,4 +1,4 @@
-import { promClient, type Registry } from '../plugins/metrics.js'
+import { promClient, type Registry } from '@portcullis/metrics'
 
 export type Grant = 'login' | 'refresh_token' | 'client_credentials'
 export type LoginFailure = 'invalid_credentials' | 'rate_limited_ip' | 'rate_limited_user'

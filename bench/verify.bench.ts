@@ -1,7 +1,7 @@
 import { verify as cryptoVerify } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import Fastify, { type FastifyInstance } from 'fastify'
-import jwksAuth from '../plugins/jwks-auth.js'
+import jwksAuth from '@portcullis/jwks-auth'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 
 /**

@@ -4,6 +4,8 @@ import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 
 export const SOURCE_DIRS = ['cli', 'gateway', 'plugins', 'lib', 'store', 'auth', 'rotation', 'services']
+/** Build output and installed packages inside the source folders (plugins/<name>/dist, node_modules). */
+const SKIPPED = new Set(['dist', 'node_modules'])
 
 /** Newest modification time (ms) of the sources under `root`, or Infinity when one cannot be read. */
 export function newestSource (root) {
@@ -11,7 +13,7 @@ export function newestSource (root) {
   const walk = (dir) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, e.name)
-      if (e.isDirectory()) walk(p)
+      if (e.isDirectory()) { if (!SKIPPED.has(e.name)) walk(p) }
       else if (e.name.endsWith('.ts') || e.name.endsWith('.yaml')) newest = Math.max(newest, statSync(p).mtimeMs)
     }
   }

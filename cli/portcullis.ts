@@ -20,7 +20,8 @@ const USAGE = `Usage: portcullis <command> [options]
 Commands:
 ${COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
 
-Run "portcullis <command> --help" for a command's options and environment variables.
+Run "portcullis <command> --help" for a command's options and environment variables,
+"portcullis --version" for the version.
 A failed command prints one line; set DEBUG=1 to print its stack trace instead.`
 
 async function main (argv: string[]): Promise<number> {

@@ -1,5 +1,7 @@
 import createError from '@fastify/error'
 
+export { UpstreamTimeoutError, UpstreamUnavailableError } from '@portcullis/core'
+
 /**
  * Every error the gateway itself answers with. The client always gets one JSON shape,
  * `{ statusCode, code, error, message }`, and never a library message or a stack trace
@@ -7,8 +9,6 @@ import createError from '@fastify/error'
  */
 export const RouteNotFoundError = createError('PORTCULLIS_NOT_FOUND', 'No route matches this path', 404)
 export const BadPathError = createError('PORTCULLIS_BAD_PATH', 'Path contains dot segments, backslashes or malformed escapes', 400)
-export const UpstreamUnavailableError = createError('PORTCULLIS_UPSTREAM_UNAVAILABLE', 'Upstream service unavailable', 502)
-export const UpstreamTimeoutError = createError('PORTCULLIS_UPSTREAM_TIMEOUT', 'Upstream service did not answer in time', 504)
 export const CircuitOpenError = createError('PORTCULLIS_CIRCUIT_OPEN', 'Upstream service is failing; try again later', 503)
 export const InternalError = createError('PORTCULLIS_INTERNAL', 'Internal gateway error', 500)
 export const ShuttingDownError = createError('PORTCULLIS_SHUTTING_DOWN', 'Gateway is shutting down', 503)

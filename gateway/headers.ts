@@ -1,22 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
-import { userMemo } from '../plugins/jwks-verify.js'
-
-/** An incoming `x-request-id` is kept only when it looks like an id (no spaces, quotes or control bytes). */
-const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
+import { isRequestId } from '@portcullis/core'
 
 /** 16 random hex digits per process: ids stay distinct across replicas and restarts. */
 const ID_PREFIX = randomBytes(8).toString('hex')
 let idCounter = 0
 
 /**
- * Fastify `genReqId`: the caller's well-formed `x-request-id`, else `<process prefix>-<counter>`
+ * Fastify `genReqId`: the caller's well-formed `x-request-id` (REQUEST_ID_PATTERN), else `<process prefix>-<counter>`
  * (base 36). A request id must be unique, not secret: a counter costs nothing, a UUID ~0.3 µs.
  */
 export function genRequestId (req: IncomingMessage): string {
   const v = req.headers['x-request-id']
-  if (typeof v === 'string' && REQUEST_ID.test(v)) return v
+  if (isRequestId(v)) return v
   idCounter = idCounter === Number.MAX_SAFE_INTEGER ? 1 : idCounter + 1
   return `${ID_PREFIX}-${idCounter.toString(36)}`
 }
@@ -59,22 +56,21 @@ const DROPPED = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', '
 export interface VerifiedIdentity { sub: string, role?: string, permissions?: string[] }
 
 interface IdentityHeaders { id: string, role?: string, permissions?: string }
-const kIdentity = Symbol('portcullis.identityHeaders')
-
 /**
- * Identity header values of a verified user, kept in its memo slot (userMemo): a verified-token
- * cache hit hands out the same (frozen) user, so its values are encoded once, not on every request.
+ * Identity header values per verified user: a verified-token cache hit hands out the same (frozen)
+ * user object, so its values are encoded once, not on every request. Entries go with their users.
  */
+const identityMemo = new WeakMap<object, IdentityHeaders>()
+
 function identityHeaders (user: VerifiedIdentity): IdentityHeaders {
-  const memo = userMemo(user)
-  let h = memo?.[kIdentity] as IdentityHeaders | undefined
+  let h = identityMemo.get(user)
   if (h === undefined) {
     h = {
       id: headerSafe(wellFormed(String(user.sub))),
       role: typeof user.role === 'string' ? headerSafe(wellFormed(user.role)) : undefined,
       permissions: Array.isArray(user.permissions) ? user.permissions.map((p) => headerSafe(wellFormed(String(p)))).join(',') : undefined
     }
-    if (memo !== undefined) memo[kIdentity] = h
+    identityMemo.set(user, h)
   }
   return h
 }

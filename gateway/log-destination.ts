@@ -1,5 +1,5 @@
 import { writeSync } from 'node:fs'
-import type { FastBuffer } from '../plugins/fast-buffer.js'
+import type { FastBuffer } from './fast-buffer.js'
 
 export const DEFAULT_LOG_BATCH = 32 * 1024 // bytes gathered before one write: a write(2) costs ~10 µs on a VM, ~0.1 µs per line at this size
 export const DEFAULT_LOG_FLUSH_INTERVAL = 200 // ms: a quiet gateway's lines still appear promptly

@@ -1,4 +1,4 @@
-import { SUPPORTED_ALGORITHMS } from '../plugins/auth-options.js'
+import { SUPPORTED_ALGORITHMS } from '@portcullis/jwks-auth'
 
 /** A duration string: seconds, or a number with a unit (also how config errors recognise a bad duration). */
 export const DURATION_PATTERN = '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$'

@@ -4,7 +4,7 @@ import { CircuitBreaker, BREAKER_STATE_VALUE } from './breaker.js'
 import { CircuitOpenError } from './errors.js'
 import { upstreamHeaders } from './headers.js'
 import { RETRYABLE_CODES, UpstreamPools, classify, clientError, errorCode } from './upstream.js'
-import { promClient } from '../plugins/metrics.js'
+import { promClient } from '@portcullis/metrics'
 import type { GatewayConfig, RouteConfig } from './config.js'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])

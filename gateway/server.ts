@@ -1,9 +1,9 @@
 import { STATUS_CODES } from 'node:http'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
-import metrics, { promClient, type Registry } from '../plugins/metrics.js'
-import admin from '../plugins/admin.js'
-import rateLimit from '../plugins/rate-limit.js'
-import jwksAuth, { type JwksAuthPluginOptions } from '../plugins/jwks-auth.js'
+import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
+import rateLimit from '@portcullis/rate-limit'
+import jwksAuth, { type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
+import { leanHistogram } from './hot-histogram.js'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
@@ -155,8 +155,10 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   })
 
   if (features.metrics) {
-    // histograms only (quantiles via histogram_quantile), recorded from one onResponse hook
-    await app.register(metrics, { routeSummary: false, leanRouteHistogram: true })
+    // process metrics from the plugin; the route histogram (quantiles via histogram_quantile) from
+    // one route-level onResponse hook per route, counted between scrapes (hot-histogram.ts)
+    await app.register(metrics, { routeMetrics: false })
+    leanHistogram(app, app.metricsRegistry)
   } else {
     app.decorate('metricsRegistry', new promClient.Registry())
   }

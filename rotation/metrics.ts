@@ -1,4 +1,4 @@
-import { promClient, type Registry } from '../plugins/metrics.js'
+import { promClient, type Registry } from '@portcullis/metrics'
 import { KEY_STATES, type KeyRecord } from '../store/key-records.js'
 
 export const RUN_RESULTS = ['changed', 'unchanged', 'error'] as const

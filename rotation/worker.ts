@@ -4,7 +4,7 @@ import { Cron } from 'croner'
 import type { Logger } from 'pino'
 import type { AppliedChange, ApplyOptions, KeySize, KeyStore } from '../store/keys.js'
 import type { KeyTimings } from '../store/key-timings.js'
-import { nextChangeTime, tickDecision } from './lifecycle.js'
+import { nextChangeTime, tickDecision } from '../store/key-lifecycle.js'
 import type { RotationMetrics } from './metrics.js'
 
 export interface TickOutcome {

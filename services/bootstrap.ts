@@ -1,8 +1,8 @@
-import { randomUUID } from 'node:crypto'
 import { STATUS_CODES } from 'node:http'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
-import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
-import propagation, { clientCredentialsTokenSource, REQUEST_ID_HEADER } from '../plugins/propagation.js'
+import { requestIdOf } from '@portcullis/core'
+import jwksAuth, { type JwksAuthOptions } from '@portcullis/jwks-auth'
+import propagation, { clientCredentialsTokenSource } from '@portcullis/propagation'
 import { loggerOptions } from '../lib/logger.js'
 import type { ServiceConfig } from './config.js'
 import { orderService } from './order/server.js'
@@ -24,9 +24,10 @@ export interface BuildOptions {
 export async function buildService (config: ServiceConfig, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: opts.logger ?? loggerOptions(`${config.kind}-service`, config.logLevel),
-    // The gateway's request id becomes this service's request id: one id across every log.
-    requestIdHeader: REQUEST_ID_HEADER,
-    genReqId: () => randomUUID(),
+    // The caller's well-formed request id becomes this service's request id, by the same rule the
+    // gateway and the propagation plugin apply: one id across every log and every outgoing call.
+    requestIdHeader: false,
+    genReqId: (req) => requestIdOf(req.headers),
     // One line per request (the onResponse hook below, with the caller's sub) instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true })
   })

@@ -1,5 +1,6 @@
 import { envDuration, type Env } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
+import { DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL } from '@portcullis/jwks-auth'
 
 /**
  * The timings of the key lifecycle, in seconds (DESIGN.md, Key lifecycle). Shared by the rotation
@@ -25,8 +26,9 @@ export interface KeyTimings {
 
 export const DEFAULT_KEY_TIMINGS: Readonly<KeyTimings> = Object.freeze({
   accessTokenTtl: 900,
-  clockSkew: 60,
-  verifierCacheMax: 300,
+  // the verifiers' own defaults: the plan holds for a verifier left at its defaults
+  clockSkew: DEFAULT_CLOCK_TOLERANCE,
+  verifierCacheMax: DEFAULT_KEY_CACHE_TTL,
   signerPropagation: 5,
   prePublish: 3600,
   retireWindow: 3600,

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import jwksAuth from '../plugins/jwks-auth.js'
-import authorize, { requirePermission, requireRole, requireScope } from '../plugins/authorize.js'
+import jwksAuth from '@portcullis/jwks-auth'
+import authorize, { requirePermission, requireRole, requireScope } from '@portcullis/authorize'
 import { startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 async function buildApp (issuer: TestIssuer): Promise<FastifyInstance> {

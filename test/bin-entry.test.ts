@@ -27,6 +27,22 @@ t.test('bin/portcullis.js runs dist/ only when it is at least as new as every so
   at('dist/cli/portcullis.js', 3000)
   at('gateway/routes.example.yaml', 4000)
   t.equal(choose(root).kind, 'sources', 'a copied asset (yaml) counts too')
+  at('dist/cli/portcullis.js', 5000)
+  mkdirSync(join(root, 'plugins/jwks-auth/src'), { recursive: true })
+  mkdirSync(join(root, 'plugins/jwks-auth/dist'), { recursive: true })
+  at('plugins/jwks-auth/dist/index.d.ts', 6000)
+  t.equal(choose(root).kind, 'compiled', "a plugin package's own build output (dist/*.d.ts) is not a source")
+  at('plugins/jwks-auth/src/verify.ts', 6000)
+  t.equal(choose(root).kind, 'sources', 'a plugin package source edited after the build: the sources')
+})
+
+t.test('portcullis --version prints the package version', async (t) => {
+  const { version } = JSON.parse((await import('node:fs')).readFileSync('package.json', 'utf8')) as { version: string }
+  for (const flag of ['--version', '-v']) {
+    const r = spawnSync(process.execPath, ['bin/portcullis.js', flag], { encoding: 'utf8' })
+    t.equal(r.status, 0)
+    t.equal(r.stdout.trim(), version, flag)
+  }
 })
 
 t.test('bin/portcullis.js answers --help both ways', async (t) => {

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import jwksAuth from '../plugins/jwks-auth.js'
+import jwksAuth from '@portcullis/jwks-auth'
 import { b64url, rsaKey, signJwt, startAttackerServer, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 /**

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import jwksAuth from '../plugins/jwks-auth.js'
-import metrics from '../plugins/metrics.js'
+import jwksAuth from '@portcullis/jwks-auth'
+import metrics from '@portcullis/metrics'
 import { authFixture } from './helpers/auth-fixture.js'
 import { testBackends } from './helpers/backends.js'
 

@@ -1,9 +1,9 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { request as httpRequest } from 'node:http'
-import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
-import metrics from '../plugins/metrics.js'
-import { resolveOptions } from '../plugins/auth-options.js'
+import jwksAuth, { type JwksAuthOptions } from '@portcullis/jwks-auth'
+import metrics from '@portcullis/metrics'
+import { resolveOptions } from '../plugins/jwks-auth/src/options.js'
 import { b64url, rsaKey, signJwt, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 async function buildApp (issuer: TestIssuer, opts: Partial<JwksAuthOptions> = {}): Promise<FastifyInstance> {

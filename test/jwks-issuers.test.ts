@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
+import jwksAuth, { type JwksAuthOptions } from '@portcullis/jwks-auth'
 import { rsaKey, startTestIssuer } from './helpers/issuer.js'
 
 interface LogLine { event?: string, reason?: string }

@@ -1,9 +1,9 @@
 import Fastify from 'fastify'
 import t from 'tap'
 import { generateKeyPairSync } from 'node:crypto'
-import { parseJwk, parseJwks } from '../plugins/jwks-keys.js'
-import jwksAuth from '../plugins/jwks-auth.js'
-import { promClient } from '../plugins/metrics.js'
+import { parseJwk, parseJwks } from '../plugins/jwks-auth/src/keys.js'
+import jwksAuth from '@portcullis/jwks-auth'
+import { promClient } from '@portcullis/metrics'
 import { rsaKey, startTestIssuer } from './helpers/issuer.js'
 
 t.test('parseJwk accepts only RSA signing keys of at least 2048 bits, public members only', async (t) => {

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import jwksAuth, { type JwksAuthOptions } from '../plugins/jwks-auth.js'
-import metrics from '../plugins/metrics.js'
+import jwksAuth, { type JwksAuthOptions } from '@portcullis/jwks-auth'
+import metrics from '@portcullis/metrics'
 import { rsaKey, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 interface Clock { ms: number }

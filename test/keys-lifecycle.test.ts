@@ -1,7 +1,7 @@
 import t from 'tap'
 import { createLocalJWKSet, jwtVerify, SignJWT } from 'jose'
 import pino from 'pino'
-import { tickDecision } from '../rotation/lifecycle.js'
+import { tickDecision } from '../store/key-lifecycle.js'
 import { keySecretsFromList } from '../store/crypto.js'
 import { KEYS_TABLE } from '../store/keys-schema.js'
 import { keyTimingsFromEnv, validateKeyTimings, DEFAULT_KEY_TIMINGS, type KeyTimings } from '../store/key-timings.js'

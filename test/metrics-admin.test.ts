@@ -1,7 +1,8 @@
 import Fastify from 'fastify'
 import t from 'tap'
-import admin from '../plugins/admin.js'
-import metrics from '../plugins/metrics.js'
+import { admin } from '@portcullis/metrics'
+import { leanHistogram } from '../gateway/hot-histogram.js'
+import metrics from '@portcullis/metrics'
 
 t.test('route histograms use the route pattern and land in the app registry, served by admin', async (t) => {
   const app = Fastify()
@@ -37,9 +38,10 @@ t.test('route histograms use the route pattern and land in the app registry, ser
   t.equal((await app.inject({ url: '/metrics' })).statusCode, 404, 'no /metrics on the public app')
 })
 
-t.test('leanRouteHistogram: the same histogram (name, labels, route pattern) from one hook; 404s unlabelled', async (t) => {
+t.test('gateway leanHistogram: the same histogram (name, labels, route pattern) from one hook; 404s unlabelled', async (t) => {
   const app = Fastify()
-  await app.register(metrics, { defaultMetrics: false, leanRouteHistogram: true })
+  await app.register(metrics, { defaultMetrics: false, routeMetrics: false })
+  leanHistogram(app, app.metricsRegistry)
   app.get('/items/:id', async () => ({ ok: true }))
   app.get('/quiet', { config: { disableMetrics: true } }, async () => 'ok')
   await app.ready()

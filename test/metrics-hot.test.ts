@@ -1,5 +1,6 @@
 import t from 'tap'
-import { collectHotCounts, hotCounter, hotHistogram, promClient } from '../plugins/metrics.js'
+import { collectHotCounts, hotCounter, promClient } from '@portcullis/metrics'
+import { hotHistogram } from '../gateway/hot-histogram.js'
 
 // Values on, between, below and above the bucket bounds, and non-integers that sum with rounding.
 const VALUES = [0, 0.000001, 0.000005, 0.0000051, 0.00002, 0.00007, 0.0003, 0.001, 0.0049, 0.1, 0.3, 1, 1.5, 7, 1e9]

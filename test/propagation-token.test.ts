@@ -1,6 +1,6 @@
 import Fastify from 'fastify'
 import t from 'tap'
-import { clientCredentialsTokenSource } from '../plugins/propagation.js'
+import { clientCredentialsTokenSource } from '@portcullis/propagation'
 
 /** A token endpoint that counts grants and answers slowly enough for callers to pile up. */
 async function tokenEndpoint (t: { teardown: (fn: () => unknown) => void }, opts: { expiresIn: number, failFirst?: number }) {

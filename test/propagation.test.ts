@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import propagation, { createServiceClient, currentContext, runInBackground, type ServiceTokenSource } from '../plugins/propagation.js'
+import propagation, { createServiceClient, currentContext, runInBackground, type ServiceTokenSource } from '@portcullis/propagation'
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void
 
@@ -193,6 +193,6 @@ t.test('upstream faults map to 502 and timeouts to 504, with no library message'
 })
 
 t.test('the default timeout is 5 s', async (t) => {
-  const { DEFAULT_TIMEOUT_MS } = await import('../plugins/propagation.js')
+  const { DEFAULT_TIMEOUT_MS } = await import('@portcullis/propagation')
   t.equal(DEFAULT_TIMEOUT_MS, 5000)
 })

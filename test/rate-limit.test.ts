@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
-import rateLimitPlugin from '../plugins/rate-limit.js'
+import rateLimitPlugin from '@portcullis/rate-limit'
 import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import t from 'tap'
-import type { promClient } from '../plugins/metrics.js'
+import type { promClient } from '@portcullis/metrics'
 import { rotationMetrics } from '../rotation/metrics.js'
 import { RotationWorker, scheduleTrigger } from '../rotation/worker.js'
 import { rotationConfigFromEnv, DEFAULT_ROTATION_SCHEDULE } from '../rotation/config.js'

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify'
-import { currentContext, type ServiceResponse } from '../../plugins/propagation.js'
+import { currentContext, type ServiceResponse } from '@portcullis/propagation'
 import type { ServiceConfig } from '../config.js'
 import { NotFoundError, NotYoursError, OrderRejectedError, UpstreamRefusedError } from '../errors.js'
 import { OrderBook } from './data.js'

@@ -1,17 +1,21 @@
 import { performance } from 'node:perf_hooks'
 import fp from 'fastify-plugin'
-import fastifyJwt from '@fastify/jwt'
 import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
-import { hotCounter, hotHistogram, promClient } from './metrics.js'
-import { authMetrics } from './auth-metrics.js'
-import { AuthFailure, httpErrorFor, type FailureReason } from './auth-errors.js'
-import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './auth-options.js'
-import authorize from './authorize.js'
-import { IssuerKeys } from './jwks-refresher.js'
-import { TokenVerifier, type VerifiedUser } from './jwks-verify.js'
-import { jwtVerifyOptions } from './jwks-fastify-jwt.js'
+import { AuthFailure, httpErrorFor, type FailureReason, type VerifiedUser } from '@portcullis/core'
+import authorize from '@portcullis/authorize'
+import { hotCounter, promClient, type Registry } from '@portcullis/metrics'
+import { authMetrics } from './metrics.js'
+import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './options.js'
+import { IssuerKeys } from './refresher.js'
+import { TokenVerifier } from './verify.js'
 
-export type { JwksAuthOptions, IssuerOptions } from './auth-options.js'
+export type { JwksAuthOptions, IssuerOptions } from './options.js'
+export {
+  AuthOptionsError, SUPPORTED_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL,
+  DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, DEFAULT_MAX_STALE_AGE, DEFAULT_FETCH_TIMEOUT,
+  DEFAULT_TOKEN_CACHE_MAX, MIN_RSA_BITS, MAX_TOKEN_LENGTH, type RsaAlgorithm
+} from './options.js'
+export { FAILURE_REASONS, type FailureReason, type VerifiedUser } from '@portcullis/core'
 
 /** Plugin options: the verifier's options plus logging. */
 export interface JwksAuthPluginOptions extends JwksAuthOptions {
@@ -22,16 +26,7 @@ export interface JwksAuthPluginOptions extends JwksAuthOptions {
    */
   successLogLevel?: 'info' | 'debug' | 'trace'
 }
-export type { VerifiedUser } from './jwks-verify.js'
-export type { RouteAuthRules } from './authorize.js'
-
-declare module '@fastify/jwt' {
-  interface FastifyJWT {
-    payload: Record<string, unknown>
-    /** null until authenticated (and on `auth: false` routes). */
-    user: VerifiedUser | null
-  }
-}
+export type { RouteAuthRules } from '@portcullis/authorize'
 
 export interface JwksAuthDecorator {
   /** True once every issuer's JWKS was fetched successfully at least once (gateway readiness). */
@@ -43,6 +38,14 @@ export interface JwksAuthDecorator {
 }
 
 declare module 'fastify' {
+  interface FastifyRequest {
+    /**
+     * Authenticates the request if the hook has not (routes with `auth: false`, apps registered with
+     * `global: false`) and resolves with the verified user; rejects with the same 401 the hook sends.
+     * One verification per token: a request already authenticated resolves at once.
+     */
+    jwtVerify (): Promise<VerifiedUser>
+  }
   interface FastifyInstance {
     /** preHandler that authenticates the request (for apps registered with `global: false`). */
     authenticate: preHandlerAsyncHookHandler
@@ -98,7 +101,7 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
   const options = resolveOptions(rawOpts)
   const successLevel = rawOpts.successLogLevel ?? 'info'
   if (!['info', 'debug', 'trace'].includes(successLevel)) throw new AuthOptionsError('successLogLevel', 'must be info, debug or trace')
-  const registry = options.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : new promClient.Registry())
+  const registry: Registry = options.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : new promClient.Registry())
   const metrics = authMetrics(registry)
   const issuers = new Map<string, IssuerKeys>()
   const tokens = new TokenVerifier(options, issuers, metrics)
@@ -111,12 +114,9 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
     }))
   }
 
-  if (!app.hasRequestDecorator('jwtVerify')) {
-    // @fastify/jwt supplies request.user / request.jwtVerify(); its verify path uses the same key maps and pins.
-    await app.register(fastifyJwt, jwtVerifyOptions(options, issuers, tokens))
-  }
   await app.register(authorize)
   // Declared up front so every request object keeps one shape.
+  if (!app.hasRequestDecorator('user')) app.decorateRequest('user', null)
   app.decorateRequest(AUTHENTICATED, false)
 
   // Synchronous for cache hits and known kids; a promise only when a kid-miss fetch is needed.
@@ -124,9 +124,9 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
     return tokens.cached(token) ?? tokens.verifyUncached(token)
   }
 
-  // Hot-path metrics are summed locally and folded in when read (see hotCounter, hotHistogram).
-  const hitDuration = hotHistogram(metrics.verifyDuration, { cache: 'hit' })
-  const missDuration = hotHistogram(metrics.verifyDuration, { cache: 'miss' })
+  // Label sets resolved once; the success counter is summed locally and folded in when read (hotCounter).
+  const hitDuration = metrics.verifyDuration.labels({ cache: 'hit' })
+  const missDuration = metrics.verifyDuration.labels({ cache: 'miss' })
   const succeeded = hotCounter(metrics.requests, { result: 'success', reason: 'ok' })
 
   function succeed (request: FastifyRequest, user: VerifiedUser, start: number, cache: 'hit' | 'miss'): void {
@@ -190,6 +190,10 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
   }
 
   app.decorate('authenticate', async function (request: FastifyRequest) { await authenticate(request) })
+  app.decorateRequest('jwtVerify', async function jwtVerify (this: FastifyRequest): Promise<VerifiedUser> {
+    await authenticate(this)
+    return this.user as VerifiedUser
+  })
   app.decorate('jwksAuth', {
     isReady: () => [...issuers.values()].every((i) => i.loaded),
     refresh: async () => { await Promise.all([...issuers.values()].map((i) => i.refresh())) },

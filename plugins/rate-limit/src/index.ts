@@ -1,16 +1,18 @@
-import { createRequire } from 'node:module'
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
-import { normalizeIP, type FastifyRateLimitStore } from '@fastify/rate-limit'
-import type { Redis } from 'ioredis'
+import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
-import { promClient, type Registry } from './metrics.js'
-import { hookList } from './hook-list.js'
+import { hookList } from '@portcullis/core'
+import { promClient, type Registry } from '@portcullis/metrics'
+import { MemoryStore, RedisStore, type RateLimitStore, type RedisClient } from './stores.js'
+import { createRedisClient } from './redis.js'
+
+export { MemoryStore, RedisStore, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
+export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
 export const DEFAULT_MAX = 100
 export const DEFAULT_TIME_WINDOW = 60_000 // ms
 export const DEFAULT_LOCAL_CACHE = 10_000 // keys kept by the in-memory store (LRU)
-export const DEFAULT_REDIS_COMMAND_TIMEOUT = 500 // ms: a slow Redis must not hold requests
 const STORE_WARN_INTERVAL = 10_000 // ms between two "store failed" warnings
 const BLOCKED_MAX = 100_000 // IPs remembered as over budget through 401s
 
@@ -28,7 +30,7 @@ export interface RateLimitPluginOptions {
    * Shared store: an ioredis client (the caller closes it) or a `redis://` URL (the plugin connects
    * and closes). Unset: an in-memory store per process. @defaultValue undefined
    */
-  redis?: Redis | string
+  redis?: RedisClient | string
   /** When the store fails: `false` lets requests through (fail open), `true` answers 503. @defaultValue false */
   failClosed?: boolean
   /** Key namespace in Redis. @defaultValue 'portcullis-rl:' */
@@ -36,14 +38,6 @@ export interface RateLimitPluginOptions {
   /** Metrics registry. @defaultValue app.metricsRegistry when the metrics plugin is registered */
   registry?: Registry
 }
-
-// @fastify/rate-limit's stores (an LRU, or one Redis Lua script per hit: INCR + PEXPIRE) are used
-// directly: its hook machinery costs several awaits per request and can only key by one function.
-// They are plain CommonJS files that its entry point does not export.
-const require = createRequire(import.meta.url)
-type StoreCtor = new (...args: unknown[]) => FastifyRateLimitStore
-const RedisStore = require('@fastify/rate-limit/store/RedisStore') as StoreCtor
-const LocalStore = require('@fastify/rate-limit/store/LocalStore') as StoreCtor
 
 /** One budget: its keys are `<label>|<identity>`, so every limiter shares one store. */
 interface Limiter { label: string, max: number, timeWindow: number }
@@ -76,20 +70,10 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   const rejections = counter(registry, 'portcullis_rate_limit_rejections_total', 'Requests refused with 429 by the rate limiter', ['route'])
   const storeErrors = counter(registry, 'portcullis_rate_limit_store_errors_total', 'Rate-limit store failures (requests then pass when failing open, or get 503 when failing closed)', [])
 
-  let redis: Redis | undefined
+  let redis: RedisClient | undefined
   if (typeof opts.redis === 'string') {
-    // loaded only when used: ~1 MB of heap a gateway with in-memory limits does not need
-    const { Redis } = await import('ioredis')
-    redis = new Redis(opts.redis, {
-      enableOfflineQueue: false, // fail at once while disconnected instead of queueing requests
-      maxRetriesPerRequest: 0,
-      commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
-      connectTimeout: 2000,
-      lazyConnect: true,
-      retryStrategy: (times) => Math.min(times * 200, 2000)
-    })
-    redis.on('error', () => {}) // failures surface per command, counted and logged below
-    const own = redis
+    const own = await createRedisClient(opts.redis)
+    redis = own
     app.addHook('onClose', async () => { own.disconnect() })
     await own.connect().catch((err: Error) => {
       app.log.warn({ err: err.message }, 'rate-limit store: Redis not reachable at start; retrying in the background')
@@ -97,9 +81,9 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   } else {
     redis = opts.redis
   }
-  const store = redis === undefined
-    ? new LocalStore(false, false, DEFAULT_LOCAL_CACHE)
-    : new RedisStore(false, false, redis, opts.nameSpace ?? 'portcullis-rl:')
+  const store: RateLimitStore = redis === undefined
+    ? new MemoryStore(DEFAULT_LOCAL_CACHE)
+    : new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:')
 
   let lastWarn = 0
   const storeFailed = (err: Error): void => {
@@ -113,14 +97,14 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   /** One hit on `limiter` for `request`'s identity; `cb` gets the count or the store error. */
   const hit = (limiter: Limiter, request: FastifyRequest, cb: (err: Error | null, current: number, ttl: number) => void): void => {
     try {
-      store.incr(`${limiter.label}|${identityKey(request)}`, (err, res) => {
+      store.incr(`${limiter.label}|${identityKey(request)}`, limiter.timeWindow, (err, res) => {
         if (err !== null || res === undefined) {
           storeFailed(err ?? new Error('no result'))
           cb(err ?? new Error('no result'), 0, 0)
         } else {
           cb(null, res.current, res.ttl)
         }
-      }, limiter.timeWindow, limiter.max)
+      })
     } catch (err) {
       storeFailed(err as Error)
       cb(err as Error, 0, 0)
@@ -131,11 +115,15 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   if (!app.hasRequestDecorator(kCounted)) app.decorateRequest(kCounted, false)
 
   const limiters = new Map<string, Limiter>()
-  const limiterFor = (label: string, max: number, timeWindow: number): Limiter => {
+  /** The budget named `label`; one label with two different budgets is refused (it would silently keep the first). */
+  const limiterFor = (label: string, max: number, timeWindow: number, route?: string): Limiter => {
     let l = limiters.get(label)
     if (l === undefined) {
       l = { label, max, timeWindow }
       limiters.set(label, l)
+    } else if (l.max !== max || l.timeWindow !== timeWindow) {
+      throw new Error(`route ${route ?? label}: config.rateLimit.groupId "${label}" is already a budget of max ${l.max} per ${l.timeWindow} ms; ` +
+        'routes sharing a groupId share one budget and must give the same max and timeWindow')
     }
     return l
   }
@@ -208,7 +196,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       if (typeof max !== 'number' || !Number.isInteger(max) || max < 0 || typeof timeWindow !== 'number' || !(timeWindow > 0)) {
         throw new Error(`route ${route.url}: config.rateLimit needs an integer max >= 0 and a timeWindow in ms > 0`)
       }
-      limiter = limiterFor(cfg.groupId ?? route.url, max, timeWindow)
+      limiter = limiterFor(cfg.groupId ?? route.url, max, timeWindow, route.url)
     }
     // Route-level hooks run after every instance-level hook of the same kind, so the check sees
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own

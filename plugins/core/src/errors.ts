@@ -41,7 +41,7 @@ export const DuplicateAuthorizationError = createError('PORTCULLIS_AUTH_DUPLICAT
 /** 403: authenticated, without the role, permission or scope the route needs. */
 export const InsufficientScopeError = createError('PORTCULLIS_AUTH_FORBIDDEN', 'Insufficient permissions', 403)
 
-type HttpError = Error & { headers?: Record<string, string> }
+export type HttpError = Error & { headers?: Record<string, string> }
 
 /**
  * The 401 (or 400) error a hook throws for a failure reason, with its `WWW-Authenticate` header:
@@ -63,3 +63,10 @@ export function forbiddenError (): HttpError {
   err.headers = { 'www-authenticate': INSUFFICIENT_SCOPE_HEADER }
   return err
 }
+
+/** 502: the upstream could not be reached (refused, reset, DNS) or broke off. */
+export const UpstreamUnavailableError = createError('PORTCULLIS_UPSTREAM_UNAVAILABLE', 'Upstream service unavailable', 502)
+/** 504: the upstream did not answer in time. */
+export const UpstreamTimeoutError = createError('PORTCULLIS_UPSTREAM_TIMEOUT', 'Upstream service did not answer in time', 504)
+/** 502: the upstream answered with a 5xx or a body that could not be read. */
+export const UpstreamFailedError = createError('PORTCULLIS_UPSTREAM_FAILED', 'Upstream service failed', 502)

@@ -1,27 +1,9 @@
 import { constants, verify as cryptoVerify } from 'node:crypto'
-import type { AuthMetrics } from './auth-metrics.js'
-import { AuthFailure } from './auth-errors.js'
-import type { RsaAlgorithm, ResolvedOptions } from './auth-options.js'
-import type { KeyEntry } from './jwks-keys.js'
-import type { IssuerKeys } from './jwks-refresher.js'
-import type { FastBuffer } from './fast-buffer.js'
-
-/** `request.user` after a successful verification. Frozen: one object may serve many requests from the cache. */
-export interface VerifiedUser {
-  sub: string
-  iss: string
-  aud: string | string[]
-  role?: string
-  /** `resource:action` strings from the `permissions` claim. */
-  permissions: string[]
-  /** From the space-separated `scope` claim (client-credentials tokens). */
-  scope: string[]
-  exp: number
-  iat?: number
-  jti?: string
-  /** Every claim of the token, as signed. */
-  claims: Record<string, unknown>
-}
+import type { AuthMetrics } from './metrics.js'
+import { AuthFailure, type VerifiedUser } from '@portcullis/core'
+import type { RsaAlgorithm, ResolvedOptions } from './options.js'
+import type { KeyEntry } from './keys.js'
+import type { IssuerKeys } from './refresher.js'
 
 interface CachedVerification {
   /** The whole token: a hit needs the full string to match, not just the cache key. */
@@ -51,14 +33,12 @@ const HASHES: Record<RsaAlgorithm, string> = {
 // which Buffer.from would silently skip. One pass over the whole token.
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 
-const FAST = SCRATCH as FastBuffer
-
 function jsonObject (segment: string): Record<string, unknown> {
   let value: unknown
   try {
     // decoded in the scratch buffer (nothing else uses it until the signature check): no Buffer per token
     const text = segment.length <= SCRATCH.length
-      ? FAST.utf8Slice(0, FAST.base64urlWrite(segment, 0))
+      ? SCRATCH.toString('utf8', 0, SCRATCH.write(segment, 0, 'base64url'))
       : Buffer.from(segment, 'base64url').toString('utf8')
     value = JSON.parse(text)
   } catch {
@@ -114,20 +94,7 @@ function isStringArray (v: unknown): v is string[] {
 }
 
 /** Freezes the user for sharing through the cache; recursion only into nested claim objects. */
-const kMemo = Symbol('portcullis.userMemo')
-
-/**
- * A mutable slot on a (frozen) verified user where a consumer keeps values derived from it (the
- * gateway's identity header values): a cached token hands out the same user on every hit, so they are
- * computed once. A plain property, unlike a WeakMap entry, costs the garbage collector nothing when
- * users are short-lived (every request a cache miss). Undefined for objects not made by the verifier.
- */
-export function userMemo (user: object): Record<symbol, unknown> | undefined {
-  return (user as { [kMemo]?: Record<symbol, unknown> })[kMemo]
-}
-
 function freezeUser (user: VerifiedUser): VerifiedUser {
-  Object.defineProperty(user, kMemo, { value: {}, enumerable: false })
   Object.freeze(user.permissions)
   Object.freeze(user.scope)
   if (Array.isArray(user.aud)) Object.freeze(user.aud)
@@ -231,16 +198,16 @@ export class TokenVerifier {
     // nothing else can use it meanwhile): no allocation per verification. The input is base64url
     // (checked by decodeJws), so latin1 writes it byte for byte.
     const room = t.input.length + Math.ceil(t.signature.length * 3 / 4)
-    const buf = (room <= SCRATCH.length ? SCRATCH : Buffer.allocUnsafe(room)) as FastBuffer
-    const n = buf.latin1Write(t.input, 0)
-    const m = buf.base64urlWrite(t.signature, n)
+    const buf = room <= SCRATCH.length ? SCRATCH : Buffer.allocUnsafe(room)
+    const n = buf.write(t.input, 0, 'latin1')
+    const m = buf.write(t.signature, n, 'base64url')
     if (m !== entry.sigBytes) throw new AuthFailure('bad_signature', 'signature length')
     // Buffer's decoder ignores unused low bits of the last character and a dangling last character,
     // so one signature has many spellings: accept only the canonical one (one token, one string; the
     // token cache and any jti/token deny-list key on that string). Re-encoding the last group suffices.
     const tail = m % 3 === 0 ? 3 : m % 3
     if (t.signature.length !== Math.ceil(m * 4 / 3) ||
-      buf.base64urlSlice(n + m - tail, n + m) !== t.signature.slice(-(tail + 1))) {
+      buf.toString('base64url', n + m - tail, n + m) !== t.signature.slice(-(tail + 1))) {
       throw new AuthFailure('bad_signature', 'signature not canonical base64url')
     }
     const ok = cryptoVerify(HASHES[alg], buf.subarray(0, n), alg.startsWith('PS')

@@ -1,4 +1,4 @@
-import type { Registry } from './metrics.js'
+import type { Registry } from '@portcullis/metrics'
 
 /** RSA signature algorithms the verifier can pin. HMAC, `none` and EC are refused at registration. */
 export const SUPPORTED_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'] as const

@@ -1,8 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyContextConfig, FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler, preHandlerHookHandler, RouteOptions } from 'fastify'
-import { forbiddenError, httpErrorFor } from './auth-errors.js'
-import { hookList } from './hook-list.js'
-import type { VerifiedUser } from './jwks-verify.js'
+import { forbiddenError, hookList, httpErrorFor, type VerifiedUser } from '@portcullis/core'
 
 /** What a route needs beyond a valid token. Every listed entry kind must be satisfied. */
 export interface RouteAuthRules {

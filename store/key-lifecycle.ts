@@ -1,5 +1,5 @@
-import type { KeyChange, KeyDecision, KeyRecord } from '../store/keys.js'
-import type { KeyTimings } from '../store/key-timings.js'
+import type { KeyChange, KeyDecision, KeyRecord } from './keys.js'
+import type { KeyTimings } from './key-timings.js'
 
 /**
  * The lifecycle's timing rules, pure: given the keys and `now` (epoch ms), what one tick changes.

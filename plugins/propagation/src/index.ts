@@ -1,9 +1,9 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { randomUUID } from 'node:crypto'
 import createError from '@fastify/error'
 import fp from 'fastify-plugin'
 import { Pool, type Dispatcher } from 'undici'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import { REQUEST_ID_HEADER, UpstreamFailedError, UpstreamTimeoutError, UpstreamUnavailableError, requestIdOf as requestIdFrom } from '@portcullis/core'
 import type { ServiceTokenSource } from './service-token.js'
 
 export { clientCredentialsTokenSource, type ServiceTokenSource, type ClientCredentialsOptions } from './service-token.js'
@@ -12,11 +12,8 @@ export { clientCredentialsTokenSource, type ServiceTokenSource, type ClientCrede
 export const DEFAULT_TIMEOUT_MS = 5000
 /** Default connections per upstream origin. */
 export const DEFAULT_CONNECTIONS = 16
-export const REQUEST_ID_HEADER = 'x-request-id'
+export { REQUEST_ID_HEADER, UpstreamFailedError, UpstreamTimeoutError, UpstreamUnavailableError }
 
-export const UpstreamUnavailableError = createError('PORTCULLIS_UPSTREAM_UNAVAILABLE', 'Upstream service unavailable', 502)
-export const UpstreamTimeoutError = createError('PORTCULLIS_UPSTREAM_TIMEOUT', 'Upstream service timed out', 504)
-export const UpstreamFailedError = createError('PORTCULLIS_UPSTREAM_FAILED', 'Upstream service failed', 502)
 export const ServiceTokenError = createError('PORTCULLIS_SERVICE_TOKEN', 'Could not obtain a service token', 502)
 
 /** What one incoming request hands to every outgoing call made while serving it. */
@@ -46,13 +43,12 @@ export function runInBackground<T> (fn: () => T): T {
   return storage.exit(fn)
 }
 
-const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/
-
-/** The incoming `x-request-id` when it is a safe token, else Fastify's request id, else a new UUID. */
+/**
+ * The incoming `x-request-id` when it is a well-formed id (the rule the gateway applies too:
+ * `REQUEST_ID_PATTERN` in @portcullis/core), else Fastify's request id, else a new UUID.
+ */
 export function requestIdOf (req: FastifyRequest): string {
-  const incoming = req.headers[REQUEST_ID_HEADER]
-  if (typeof incoming === 'string' && REQUEST_ID_RE.test(incoming)) return incoming
-  return REQUEST_ID_RE.test(req.id) ? req.id : randomUUID()
+  return requestIdFrom(req.headers, req.id)
 }
 
 type Headers = Record<string, string | string[] | undefined>

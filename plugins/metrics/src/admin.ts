@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync } from 'fastify'
-import type { Registry } from './metrics.js'
+import type { Registry } from '@platformatic/prom-client'
 
 export interface AdminPluginOptions {
   /** Registries to serve on `/metrics` (merged when several). */

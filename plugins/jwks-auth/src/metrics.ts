@@ -1,4 +1,4 @@
-import { collectHotCounts, promClient, type Registry } from './metrics.js'
+import { collectHotCounts, promClient, type Registry } from '@portcullis/metrics'
 
 type Counter<L extends string> = promClient.Counter<L>
 type Gauge<L extends string> = promClient.Gauge<L>
@@ -38,7 +38,6 @@ export function authMetrics (registry: Registry): AuthMetrics {
       labelNames: ['cache'],
       buckets: [0.000005, 0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1],
       registers,
-      collect: collectHotCounts // observed locally on the hot path (hotHistogram)
     }),
     refresh: existing(registry, 'portcullis_jwks_refresh_total') ?? new promClient.Counter({
       name: 'portcullis_jwks_refresh_total',

@@ -1,5 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
-import { MAX_JWKS_KEYS, MIN_RSA_BITS, SUPPORTED_ALGORITHMS } from './auth-options.js'
+import { MAX_JWKS_KEYS, MIN_RSA_BITS, SUPPORTED_ALGORITHMS } from './options.js'
 
 /** One verification key of an issuer, parsed once (parsing a PEM per request costs ~6x the verify). */
 export interface KeyEntry {
@@ -12,8 +12,6 @@ export interface KeyEntry {
   sigBytes: number
   /** `n.e`, to tell a changed key from the same key seen again. */
   material: string
-  /** SPKI PEM, exported lazily for @fastify/jwt's `request.jwtVerify()` path. */
-  pem?: string
 }
 
 export type JwkRejection = 'not_object' | 'no_kid' | 'not_rsa' | 'not_sig' | 'bad_alg' | 'bad_material' | 'bad_exponent' | 'too_short'
@@ -87,9 +85,4 @@ export function parseJwks (body: unknown, previous?: Map<string, KeyEntry>): Par
     keys.set(parsed.kid, old !== undefined && old.material === parsed.material && old.alg === parsed.alg ? old : parsed)
   }
   return { keys, rejected }
-}
-
-export function pemOf (entry: KeyEntry): string {
-  entry.pem ??= entry.key.export({ type: 'spki', format: 'pem' }).toString()
-  return entry.pem
 }

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { AuthMetrics } from './auth-metrics.js'
-import type { ResolvedIssuer, ResolvedOptions } from './auth-options.js'
-import { parseJwks, type KeyEntry } from './jwks-keys.js'
+import type { AuthMetrics } from './metrics.js'
+import type { ResolvedIssuer, ResolvedOptions } from './options.js'
+import { parseJwks, type KeyEntry } from './keys.js'
 
 /** Largest JWKS body read; a real one is a few KB. */
 const MAX_JWKS_BYTES = 256 * 1024

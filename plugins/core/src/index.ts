@@ -1,0 +1,13 @@
+/**
+ * What the Portcullis plugin packages share: the verified user's type, the HTTP errors they answer
+ * with, the request-id rule and a small hook helper. One definition of each, imported by every package.
+ */
+export type { VerifiedUser } from './user.js'
+export {
+  FAILURE_REASONS, AuthFailure, httpErrorFor, forbiddenError,
+  InvalidTokenError, DuplicateAuthorizationError, InsufficientScopeError,
+  UpstreamUnavailableError, UpstreamTimeoutError, UpstreamFailedError,
+  type FailureReason, type HttpError
+} from './errors.js'
+export { REQUEST_ID_HEADER, REQUEST_ID_PATTERN, isRequestId, requestIdOf } from './request-id.js'
+export { hookList } from './hook-list.js'

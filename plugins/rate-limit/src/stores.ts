@@ -1,0 +1,86 @@
+/**
+ * What the stores and plugins need of a Redis client: ioredis' `Redis` (or `Cluster`) satisfies it.
+ * Declared here so that the package's types do not require ioredis to be installed.
+ */
+export interface RedisClient {
+  defineCommand (name: string, definition: { numberOfKeys?: number, lua: string }): void
+  connect (): Promise<void>
+  disconnect (): void
+  on (event: 'error', listener: (err: Error) => void): unknown
+}
+
+/** One hit's outcome: hits so far in the current window, and milliseconds until it ends. */
+export interface Hit { current: number, ttl: number }
+
+/**
+ * Where hit counts live. Fixed windows: the first hit of a key starts its window, every hit adds
+ * one, and the count starts again once the window has passed.
+ */
+export interface RateLimitStore {
+  incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void
+}
+
+/** In-process counts, the least recently hit keys dropped beyond `maxKeys` (one process's view only). */
+export class MemoryStore implements RateLimitStore {
+  #keys = new Map<string, { count: number, start: number }>()
+  #max: number
+  #now: () => number
+
+  constructor (maxKeys: number, now: () => number = Date.now) {
+    this.#max = maxKeys
+    this.#now = now
+  }
+
+  incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
+    const now = this.#now()
+    let e = this.#keys.get(key)
+    if (e === undefined || e.start + timeWindow <= now) {
+      e = { count: 0, start: now }
+      if (this.#keys.size >= this.#max) this.#keys.delete(this.#keys.keys().next().value!)
+    } else {
+      this.#keys.delete(key) // re-inserted below: Map order is recency order
+    }
+    e.count++
+    this.#keys.set(key, e)
+    cb(null, { current: e.count, ttl: e.start + timeWindow - now })
+  }
+}
+
+// INCR and PEXPIRE in one script, so a key can never be left without an expiry; the window's
+// remaining time comes back with the count.
+const INCR_SCRIPT = `
+local current = redis.call('INCR', KEYS[1])
+local ttl = tonumber(ARGV[1])
+if current == 1 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 0 then
+    ttl = tonumber(ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+end
+return {current, ttl}
+`
+
+/** Counts shared by every process on one Redis: one script call (EVALSHA) per hit. */
+export class RedisStore implements RateLimitStore {
+  #redis: RedisClient
+  #prefix: string
+
+  constructor (redis: RedisClient, prefix: string) {
+    this.#redis = redis
+    this.#prefix = prefix
+    if (typeof (redis as unknown as { portcullisRateLimit?: unknown }).portcullisRateLimit !== 'function') {
+      redis.defineCommand('portcullisRateLimit', { numberOfKeys: 1, lua: INCR_SCRIPT })
+    }
+  }
+
+  incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
+    const r = this.#redis as unknown as { portcullisRateLimit: (key: string, ttl: number) => Promise<[number, number]> }
+    r.portcullisRateLimit(this.#prefix + key, timeWindow).then(
+      (res) => { cb(null, { current: Number(res[0]), ttl: Number(res[1]) }) },
+      (err: Error) => { cb(err) }
+    )
+  }
+}
