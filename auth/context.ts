@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyReply } from 'fastify'
+import type { RateLimitStore } from '@portcullis/rate-limit'
 import type { ClientStore } from '../store/clients.js'
 import type { RefreshStore } from '../store/refresh.js'
 import type { UserStore } from '../store/users.js'
@@ -15,6 +16,8 @@ export interface AuthContext {
   refresh: RefreshStore
   signer: Signer
   metrics: AuthMetrics
+  /** Login attempts per IP and per username (in memory, or Redis with REDIS_URL). */
+  loginCounters: RateLimitStore
   /** Clock in epoch ms (tests inject one). */
   now: () => number
 }

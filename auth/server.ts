@@ -1,6 +1,5 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
-import rateLimit from '@fastify/rate-limit'
-import { Redis } from 'ioredis'
+import { MemoryStore, RedisStore, createRedisClient, type RateLimitStore } from '@portcullis/rate-limit'
 import { ConfigError } from '../lib/errors.js'
 import { admin } from '@portcullis/metrics'
 import metrics, { type Registry } from '@portcullis/metrics'
@@ -52,22 +51,21 @@ export interface AuthService {
   close(): Promise<void>
 }
 
+/** Keys the login counters keep in memory when there is no Redis (least recently used forgotten first). */
+const LOGIN_COUNTER_KEYS = 5000
+/** Milliseconds a login-counter command may take before the login is refused with 503. */
+const LOGIN_COUNTER_TIMEOUT = 1000
+/** Prefix of the login counters' Redis keys: `portcullis-auth-login:ip:<ip>`, `...:user:<name>`. */
+export const LOGIN_COUNTER_PREFIX = 'portcullis-auth-login:'
+
 /**
- * Redis for the login counters when REDIS_URL is set, so every replica counts the same attempts.
- * Connected at boot (an unreachable Redis fails the boot); later failures refuse logins with 503
- * rather than let guesses through uncounted.
+ * Where login attempts are counted: this process, or Redis when REDIS_URL is set, so every replica
+ * counts the same attempts. Redis is connected at boot (an unreachable Redis fails the boot); later
+ * failures refuse logins with 503 rather than let guesses through uncounted.
  */
-async function loginCounterStore (app: FastifyInstance, url: string | undefined): Promise<{ redis?: Redis, nameSpace?: string }> {
-  if (url === undefined) return {}
-  const redis = new Redis(url, {
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    commandTimeout: 1000,
-    connectTimeout: 2000,
-    lazyConnect: true,
-    retryStrategy: (times) => Math.min(times * 200, 2000)
-  })
-  redis.on('error', () => {}) // each failed command surfaces (and is logged) where it is used
+async function loginCounterStore (app: FastifyInstance, url: string | undefined): Promise<RateLimitStore> {
+  if (url === undefined) return new MemoryStore(LOGIN_COUNTER_KEYS)
+  const redis = await createRedisClient(url, { commandTimeout: LOGIN_COUNTER_TIMEOUT })
   try {
     await redis.connect()
   } catch (err) {
@@ -75,7 +73,7 @@ async function loginCounterStore (app: FastifyInstance, url: string | undefined)
     throw new ConfigError('REDIS_URL', `Redis not reachable: ${(err as Error).message}`)
   }
   app.addHook('onClose', async () => { redis.disconnect() })
-  return { redis, nameSpace: 'portcullis-auth-login:' }
+  return new RedisStore(redis, LOGIN_COUNTER_PREFIX)
 }
 
 /**
@@ -100,7 +98,7 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
     app.removeContentTypeParser('text/plain')
     await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
     const m = createAuthMetrics(app.metricsRegistry)
-    await app.register(rateLimit, { global: false, ...await loginCounterStore(app, cfg.redisUrl) })
+    const loginCounters = await loginCounterStore(app, cfg.redisUrl)
     installErrorHandling(app, cfg.bodyLimit)
 
     const signer = new Signer({
@@ -118,6 +116,7 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
       refresh: opts.refresh,
       signer,
       metrics: m,
+      loginCounters,
       now: opts.now ?? Date.now
     }
     await app.register(login, ctx)

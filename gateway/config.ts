@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import AjvModule, { type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
+import type { IssuerOptions } from '@portcullis/jwks-auth'
 import { ConfigError } from '../lib/errors.js'
 import { parseDuration } from '../lib/env.js'
 import { DURATION_PATTERN, ROUTE_FILE_SCHEMA } from './route-schema.js'
@@ -16,12 +17,8 @@ export const DEFAULT_RATE_LIMIT = { max: 100, timeWindow: 60 }
 export interface Timeouts { connect: number, headers: number, body: number } // seconds
 export interface RateLimitSetting { max: number, timeWindow: number } // timeWindow in seconds
 
-export interface IssuerConfig {
-  issuer: string
-  jwksUri?: string
-  audience: string | string[]
-  algorithms?: string[]
-}
+/** An issuers[] entry of the route file: jwks-auth's own issuer options (one definition). */
+export type IssuerConfig = IssuerOptions
 
 export interface RouteConfig {
   /** Label used in metrics and logs: the `name` from the file, else the prefix. */

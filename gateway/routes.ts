@@ -41,7 +41,9 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
       ? undefined
       : route.rateLimit === false
         ? false
-        : { max: route.rateLimit.max, timeWindow: route.rateLimit.timeWindow * 1000, groupId: route.name }
+        // the budget is the route's own (its prefix is unique): a name is only a label, and two
+        // routes sharing one keep their own limits
+        : { max: route.rateLimit.max, timeWindow: route.rateLimit.timeWindow * 1000, groupId: route.prefix }
   }
 }
 

@@ -21,14 +21,6 @@ export interface RotationConfig {
   /** 0 picks a free port (logged). */
   metricsPort: number
   logLevel: string
-  /**
-   * Hidden test hooks, never documented for operators:
-   * - `PORTCULLIS_TEST_CLOCK_FILE`: `now` is the epoch-ms number in this file, and the daemon ticks
-   *   when that number changes instead of on the schedule (simulated time drives the schedule);
-   * - `PORTCULLIS_TEST_HOLD_TX_MS`: hold each changing transaction open this long before commit and
-   *   log `tx_hold`, so a test can kill or signal the worker mid-transaction.
-   */
-  test: { clockFile?: string, holdTxMs: number }
 }
 
 export function rotationConfigFromEnv (env: Env): RotationConfig {
@@ -39,7 +31,6 @@ export function rotationConfigFromEnv (env: Env): RotationConfig {
     throw new ConfigError('ROTATION_SCHEDULE', `not a valid cron pattern "${schedule}" (${err instanceof Error ? err.message : String(err)})`)
   }
   const size = envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))
-  const clockFile = envString(env, 'PORTCULLIS_TEST_CLOCK_FILE')
   return {
     db: dbOptionsFromEnv(env),
     timings: keyTimingsFromEnv(env),
@@ -47,10 +38,6 @@ export function rotationConfigFromEnv (env: Env): RotationConfig {
     schedule,
     metricsHost: envString(env, 'ROTATION_METRICS_HOST', DEFAULT_METRICS_HOST),
     metricsPort: envInt(env, 'ROTATION_METRICS_PORT', DEFAULT_METRICS_PORT, { min: 0, max: 65535 }),
-    logLevel: envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
-    test: {
-      ...(clockFile !== undefined ? { clockFile } : {}),
-      holdTxMs: envInt(env, 'PORTCULLIS_TEST_HOLD_TX_MS', 0, { min: 0, max: 60_000 })
-    }
+    logLevel: envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info')
   }
 }

@@ -11,7 +11,7 @@ import { loadKeySecrets } from '../store/secrets.js'
 import { rotationConfigFromEnv, type RotationConfig } from './config.js'
 import { RotationBootError, RotationUsageError } from './errors.js'
 import { rotationMetrics } from './metrics.js'
-import { clockTrigger, fileClock, RotationWorker, scheduleTrigger, type Trigger } from './worker.js'
+import { RotationWorker, scheduleTrigger, type Trigger } from './worker.js'
 
 export const help = `Usage: portcullis rotation [--once]
 
@@ -56,11 +56,27 @@ async function metricsServer (cfg: RotationConfig, registry: promClient.Registry
   return app
 }
 
-export async function run (argv: string[]): Promise<number> {
+/**
+ * What a caller may put in place of the real clock and schedule: tests drive several worker
+ * processes through simulated periods with them. The command itself reads none of this from the
+ * environment, so nothing an operator sets can move the worker's clock.
+ */
+export interface RunDeps {
+  /** Epoch-ms clock. @defaultValue Date.now */
+  now?: () => number
+  /** What calls `fire` for each scheduled tick. @defaultValue croner on ROTATION_SCHEDULE */
+  trigger?: (fire: () => void) => Trigger
+  /** Describes `trigger` in the `scheduled` log line. @defaultValue ROTATION_SCHEDULE */
+  triggerName?: string
+  /** Milliseconds each changing transaction is held open before commit (see WorkerOptions). @defaultValue 0 */
+  holdTxMs?: number
+}
+
+export async function run (argv: string[], deps: RunDeps = {}): Promise<number> {
   const { once } = parseArgs(argv)
   const cfg = rotationConfigFromEnv(process.env)
   const log = pino(loggerOptions('rotation', cfg.logLevel))
-  const now = cfg.test.clockFile !== undefined ? fileClock(cfg.test.clockFile) : Date.now
+  const now = deps.now ?? Date.now
   const secrets = await loadKeySecrets(process.env, cfg.db.dataDir, log)
   const db = openDb(cfg.db)
   let server: FastifyInstance | undefined
@@ -70,7 +86,7 @@ export async function run (argv: string[]): Promise<number> {
     const registry = new promClient.Registry()
     if (!once) promClient.collectDefaultMetrics({ register: registry })
     const metrics = rotationMetrics(now, registry)
-    const worker = new RotationWorker({ store, timings: cfg.timings, keySize: cfg.keySize, log, metrics, holdTxMs: cfg.test.holdTxMs })
+    const worker = new RotationWorker({ store, timings: cfg.timings, keySize: cfg.keySize, log, metrics, holdTxMs: deps.holdTxMs ?? 0 })
     log.info({ event: 'start', store: db.description, once, secrets: secrets.source, timings: cfg.timings, keySize: cfg.keySize }, 'rotation worker starting')
 
     if (once) {
@@ -88,8 +104,8 @@ export async function run (argv: string[]): Promise<number> {
     if (first === undefined) {
       server = await metricsServer(cfg, registry, () => worker.lastError ?? true, log)
       const fire = (): void => worker.requestTick()
-      trigger = cfg.test.clockFile !== undefined ? clockTrigger(now, fire) : scheduleTrigger(cfg.schedule, fire)
-      log.info({ event: 'scheduled', schedule: cfg.test.clockFile !== undefined ? 'test clock file' : cfg.schedule }, 'rotation worker running')
+      trigger = deps.trigger !== undefined ? deps.trigger(fire) : scheduleTrigger(cfg.schedule, fire)
+      log.info({ event: 'scheduled', schedule: deps.trigger !== undefined ? (deps.triggerName ?? 'injected') : cfg.schedule }, 'rotation worker running')
     }
     const sig = await stopped
     log.info({ event: 'shutdown', signal: sig }, 'stopping: finishing the running tick')

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Cron } from 'croner'
 import type { Logger } from 'pino'
@@ -23,7 +22,7 @@ export interface WorkerOptions {
   keySize: KeySize
   log: Logger
   metrics?: RotationMetrics
-  /** Test hook (PORTCULLIS_TEST_HOLD_TX_MS): hold a changing transaction open before commit. */
+  /** Hold each changing transaction open this long before commit and log `tx_hold` (tests kill or signal the worker mid-transaction). @defaultValue 0 */
   holdTxMs?: number
 }
 
@@ -111,31 +110,4 @@ export interface Trigger { stop(): void }
 export function scheduleTrigger (pattern: string, fire: () => void): Trigger {
   const job = new Cron(pattern, { protect: true }, fire)
   return { stop: () => job.stop() }
-}
-
-/** Reads `now` (epoch ms) from a file: the injectable clock for worker processes under test. */
-export function fileClock (path: string): () => number {
-  return () => {
-    const v = Number(readFileSync(path, 'utf8').trim())
-    if (!Number.isSafeInteger(v)) throw new Error(`test clock file ${path} does not hold an epoch-ms integer`)
-    return v
-  }
-}
-
-/** Test trigger: fires whenever the simulated clock moves, so simulated time drives the schedule. */
-export function clockTrigger (now: () => number, fire: () => void, pollMs = 5): Trigger {
-  let last: number | undefined
-  const timer = setInterval(() => {
-    let v: number
-    try {
-      v = now()
-    } catch {
-      return // mid-rename: read again on the next poll
-    }
-    if (v !== last) {
-      last = v
-      fire()
-    }
-  }, pollMs)
-  return { stop: () => clearInterval(timer) }
 }

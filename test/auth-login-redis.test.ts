@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
+import { Redis } from 'ioredis'
 import { authFixture, type AuthFixture } from './helpers/auth-fixture.js'
 import { testBackends } from './helpers/backends.js'
 import { freePort } from './helpers/ports.js'
@@ -49,6 +50,14 @@ t.test('REDIS_URL: two auth replicas share the login counters; Redis down -> 503
     statuses.push((await app.inject({ method: 'POST', url: '/auth/login', payload: { username: 'quinn', password: `guess ${i}` } })).statusCode)
   }
   t.same(statuses, [401, 401, 401, 401, 429, 429], 'four attempts across both replicas, then 429 on either')
+
+  // The keys read `portcullis-auth-login:undefinedundefined-user:quinn` before (a route-less
+  // @fastify/rate-limit child store); each counter now has the key its name says.
+  const client = new Redis(redis.url, { lazyConnect: true })
+  await client.connect()
+  const keys = (await client.keys('*')).sort()
+  await client.quit()
+  t.same(keys, ['portcullis-auth-login:ip:127.0.0.1', 'portcullis-auth-login:user:quinn'])
 
   await redis.stop()
   const down = await one.service.app.inject({ method: 'POST', url: '/auth/login', payload: { username: 'rita', password: 'whatever' } })

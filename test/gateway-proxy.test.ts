@@ -13,9 +13,10 @@ import { logSink } from './helpers/log-sink.js'
 async function start (t: Test, routes: (a: EchoUpstream, b: EchoUpstream) => unknown[], extra: Record<string, unknown> = {}): Promise<{ gw: Gateway, base: string, a: EchoUpstream, b: EchoUpstream }> {
   const a = await echoUpstream('a')
   const b = await echoUpstream('b')
+  t.teardown(async () => { await a.close(); await b.close() }) // also when the gateway refuses to boot
   const gw = await buildGateway({ config: parseGatewayConfig({ routes: routes(a, b), ...extra }, 'test'), logger: false })
   await gw.app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(async () => { await gw.close(); await a.close(); await b.close() })
+  t.teardown(async () => { await gw.close() })
   const addr = gw.app.server.address()
   return { gw, base: `http://127.0.0.1:${typeof addr === 'object' && addr !== null ? addr.port : 0}`, a, b }
 }
@@ -197,4 +198,22 @@ t.test('the shipped example route file sends /auth/login to the auth service\'s 
     t.equal(r.status, 200, `${p} is public`)
     t.equal(r.json().url, p, `${p} reaches the auth service at ${p}`)
   }
+})
+
+t.test('two routes sharing a name keep their own rate limits (5 and 50 both answered ratelimit-limit: 5)', async (t) => {
+  const { base } = await start(t, (a, b) => [
+    { name: 'shared', prefix: '/a', upstream: a.url, auth: false, rateLimit: { max: 5, timeWindow: 60 } },
+    { name: 'shared', prefix: '/b', upstream: b.url, auth: false, rateLimit: { max: 50, timeWindow: 60 } }
+  ])
+  const ra = await rawRequest(base, '/a/x')
+  const rb = await rawRequest(base, '/b/x')
+  t.equal(ra.status, 200)
+  t.equal(rb.status, 200)
+  t.equal(ra.headers['ratelimit-limit'], '5')
+  t.equal(rb.headers['ratelimit-limit'], '50')
+  for (let i = 0; i < 4; i++) await rawRequest(base, '/a/x')
+  t.equal((await rawRequest(base, '/a/x')).status, 429, 'the 6th request on /a is over its budget of 5')
+  const after = await rawRequest(base, '/b/x')
+  t.equal(after.status, 200, '/b keeps its own budget')
+  t.equal(after.headers['ratelimit-remaining'], '48')
 })

@@ -89,3 +89,18 @@ t.test('bad plugin options fail at registration with the option named', async (t
     await app.close()
   }
 })
+
+t.test('plugin: a groupId given two different budgets is refused at boot, naming the route', async (t) => {
+  const app = Fastify()
+  await app.register(rateLimitPlugin)
+  app.get('/a', { config: { rateLimit: { max: 5, timeWindow: 60_000, groupId: 'g' } } }, async () => 'a')
+  t.throws(() => app.get('/b', { config: { rateLimit: { max: 50, timeWindow: 60_000, groupId: 'g' } } }, async () => 'b'),
+    /route \/b: config\.rateLimit\.groupId "g" is already a budget of max 5 per 60000 ms/)
+  app.get('/c', { config: { rateLimit: { max: 5, timeWindow: 60_000, groupId: 'g' } } }, async () => 'c')
+  await app.ready()
+  t.teardown(() => app.close())
+  const r = await app.inject({ url: '/c' })
+  t.equal(r.headers['ratelimit-limit'], '5', 'the same budget under one groupId is shared')
+  await app.inject({ url: '/a' })
+  t.equal((await app.inject({ url: '/c' })).headers['ratelimit-remaining'], '2', '/a and /c count against one budget')
+})

@@ -5,7 +5,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { KEY_EVENTS_TABLE, KEYS_TABLE } from '../store/keys-schema.js'
 import { testBackends } from './helpers/backends.js'
-import { CliProcess, TEST_TIMING_ENV, writeClock } from './helpers/rotation-workers.js'
+import { CliProcess, ROTATION_TEST_WORKER, TEST_TIMING_ENV, writeClock } from './helpers/rotation-workers.js'
 
 const WORKERS = 2
 const PERIODS = 50
@@ -30,11 +30,11 @@ for (const b of await testBackends()) {
       ...be.env,
       ...TEST_TIMING_ENV,
       PORTCULLIS_KEY_SECRETS: 'concurrency-test-secret-0123456789abcdef',
-      PORTCULLIS_TEST_CLOCK_FILE: clock,
+      TEST_CLOCK_FILE: clock,
       LOG_LEVEL: 'debug',
       ROTATION_METRICS_PORT: '0'
     }
-    const workers = Array.from({ length: WORKERS }, () => new CliProcess(['rotation'], env))
+    const workers = Array.from({ length: WORKERS }, () => new CliProcess([], env, ROTATION_TEST_WORKER))
     t.teardown(async () => {
       for (const w of workers) w.kill('SIGKILL')
       await Promise.all(workers.map((w) => w.exited))

@@ -8,7 +8,7 @@ import { KEYS_TABLE } from '../store/keys-schema.js'
 import { openKeyStore } from '../store/keys.js'
 import type { Db } from '../store/db.js'
 import { testBackends } from './helpers/backends.js'
-import { CliProcess, TEST_TIMING_ENV, writeClock } from './helpers/rotation-workers.js'
+import { CliProcess, ROTATION_TEST_WORKER, TEST_TIMING_ENV, writeClock } from './helpers/rotation-workers.js'
 
 const SECRET = 'crash-test-secret-0123456789abcdefghijkl'
 const T0 = 1_800_000_000_000
@@ -56,9 +56,9 @@ for (const b of await testBackends()) {
       await be.cleanup()
       rmSync(dir, { recursive: true, force: true })
     })
-    const env = { ...be.env, ...TEST_TIMING_ENV, PORTCULLIS_KEY_SECRETS: SECRET, PORTCULLIS_TEST_CLOCK_FILE: clock, LOG_LEVEL: 'debug', ROTATION_METRICS_PORT: '0' }
+    const env = { ...be.env, ...TEST_TIMING_ENV, PORTCULLIS_KEY_SECRETS: SECRET, TEST_CLOCK_FILE: clock, LOG_LEVEL: 'debug', ROTATION_METRICS_PORT: '0' }
     const start = (extra: Record<string, string> = {}): CliProcess => {
-      const p = new CliProcess(['rotation'], { ...env, ...extra })
+      const p = new CliProcess([], { ...env, ...extra }, ROTATION_TEST_WORKER)
       procs.push(p)
       return p
     }
@@ -68,7 +68,7 @@ for (const b of await testBackends()) {
     /** Starts a worker that holds its first changing transaction open, kills it inside, and checks nothing changed. */
     const killInsideTx = async (what: string): Promise<void> => {
       const before = await dump(db)
-      const w = start({ PORTCULLIS_TEST_HOLD_TX_MS: '20000' })
+      const w = start({ TEST_HOLD_TX_MS: '20000' })
       await w.waitFor((l) => l.event === 'tx_hold', 'the transaction to be held')
       w.kill('SIGKILL')
       t.equal((await w.exited).signal, 'SIGKILL')
@@ -82,7 +82,7 @@ for (const b of await testBackends()) {
     t.equal((await dump(db)).length, 0)
 
     // SIGTERM while a tick holds its transaction: the tick commits, then the worker exits 0.
-    const term = start({ PORTCULLIS_TEST_HOLD_TX_MS: '300' })
+    const term = start({ TEST_HOLD_TX_MS: '300' })
     await term.waitFor((l) => l.event === 'tx_hold', 'the bootstrap transaction')
     term.kill('SIGTERM')
     t.equal((await term.exited).code, 0, 'clean exit on SIGTERM mid-tick')

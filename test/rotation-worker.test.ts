@@ -1,3 +1,7 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import t from 'tap'
@@ -10,6 +14,7 @@ import { validateKeyTimings } from '../store/key-timings.js'
 import { KEYS_TABLE } from '../store/keys-schema.js'
 import { openKeyStore } from '../store/keys.js'
 import { testBackends } from './helpers/backends.js'
+import { runCli, writeClock } from './helpers/rotation-workers.js'
 
 const timings = validateKeyTimings({ accessTokenTtl: 60, clockSkew: 5, verifierCacheMax: 30, signerPropagation: 1, prePublish: 100, retireWindow: 100, period: 400 })
 const T0 = 1_800_000_000_000
@@ -27,10 +32,29 @@ t.test('rotation config: defaults and validation', async (t) => {
   t.equal(cfg.metricsPort, 9464)
   t.equal(cfg.metricsHost, '127.0.0.1')
   t.equal(cfg.keySize, 2048)
-  t.equal(cfg.test.clockFile, undefined)
   t.equal(rotationConfigFromEnv({ KEY_SIZE: '4096', ROTATION_SCHEDULE: '0 */5 * * * *' }).keySize, 4096)
   t.throws(() => rotationConfigFromEnv({ ROTATION_METRICS_PORT: '70000' }), /ROTATION_METRICS_PORT: must be <= 65535/)
-  t.throws(() => rotationConfigFromEnv({ PORTCULLIS_TEST_HOLD_TX_MS: 'x' }), /PORTCULLIS_TEST_HOLD_TX_MS/)
+})
+
+t.test('the production rotation command reads no test clock: PORTCULLIS_TEST_CLOCK_FILE set to 2033 changes nothing', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-noclock-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const clock = join(dir, 'clock')
+  const future = Date.UTC(2033, 0, 1)
+  writeClock(clock, future)
+  const before = Date.now()
+  const r = await runCli(['rotation', '--once'], {
+    PORTCULLIS_DATA_DIR: join(dir, 'data'),
+    PORTCULLIS_KEY_SECRETS: 'no-test-clock-secret-0123456789abcdef',
+    PORTCULLIS_TEST_CLOCK_FILE: clock,
+    PORTCULLIS_TEST_HOLD_TX_MS: 'not a number'
+  })
+  t.equal(r.code, 0, r.stderr)
+  const db = new Database(join(dir, 'data', 'portcullis.db'), { readonly: true })
+  t.teardown(() => db.close())
+  const rows = db.prepare(`SELECT created_at FROM ${KEYS_TABLE}`).all() as Array<{ created_at: number }>
+  t.equal(rows.length, 1, 'the first key')
+  t.ok(rows[0]!.created_at >= before && rows[0]!.created_at <= Date.now(), 'created on the real clock, not the file\'s')
 })
 
 const [sqlite] = await testBackends()

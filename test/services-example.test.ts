@@ -56,7 +56,7 @@ async function startService (t: Test, kind: ServiceKind, issuer: string, env: Re
 
 const ALICE = { sub: 'u-alice', role: 'user', permissions: ['order:create', 'order:read'] }
 const BOB = { sub: 'u-bob', role: 'user', permissions: ['order:read'] }
-const ADMIN = { sub: 'u-admin', role: 'admin', permissions: ['order:create', 'product:write'] }
+const ADMIN = { sub: 'u-admin', role: 'admin', permissions: ['order:create', 'order:read', 'product:write'] }
 
 t.test('three services: an order checks the user and products with the caller\'s identity', async (t) => {
   const iss = await startIssuer(t)
@@ -106,6 +106,46 @@ t.test('three services: an order checks the user and products with the caller\'s
   t.equal(hat.statusCode, 201)
   t.equal((await call(product.app, 'GET', `/products/${hat.json().id as string}`, bob)).json().name, 'Hat')
   t.equal((await call(product.app, 'GET', '/health')).statusCode, 200, 'health needs no token')
+})
+
+t.test('order-service enforces order:read: a user without permissions and a products:read client both read /orders with 200 before', async (t) => {
+  const iss = await startIssuer(t)
+  const order = await startService(t, 'order', iss.url)
+  const [nobody, client, bob] = await Promise.all([
+    iss.sign({ sub: 'u-nobody', role: 'user', permissions: [] }),
+    iss.sign({ sub: 'billing-service', scope: 'products:read' }),
+    iss.sign(BOB)
+  ])
+  for (const [who, token] of [['a user with no permissions', nobody], ['a client with scope products:read', client]] as const) {
+    for (const url of ['/orders', '/orders/o-1']) {
+      const r = await order.app.inject({ url, headers: { authorization: `Bearer ${token}` } })
+      t.equal(r.statusCode, 403, `${who}: GET ${url} is 403`)
+      t.match(r.headers['www-authenticate'], /insufficient_scope/)
+    }
+  }
+  t.equal((await order.app.inject({ url: '/orders', headers: { authorization: `Bearer ${bob}` } })).statusCode, 200, 'order:read is enough to list')
+})
+
+t.test('one request id end to end: a service logs and forwards the same id, by the gateway\'s rule', async (t) => {
+  const iss = await startIssuer(t)
+  const user = await startService(t, 'user', iss.url)
+  const product = await startService(t, 'product', iss.url)
+  const order = await startService(t, 'order', iss.url, { USER_SERVICE_URL: user.url, PRODUCT_SERVICE_URL: product.url })
+  const alice = await iss.sign(ALICE)
+  // '@', '/', '+' and '=' are allowed by the gateway's rule: the service used to log this id and
+  // forward a fresh UUID downstream (two ids for one request)
+  const id = 'edge@gw-1/abc+def=='
+  const r = await order.app.inject({ method: 'POST', url: '/orders', payload: { items: [{ productId: 'p-1', quantity: 1 }] }, headers: { authorization: `Bearer ${alice}`, 'x-request-id': id } })
+  t.equal(r.statusCode, 201)
+  t.equal(r.headers['x-request-id'], id)
+  t.equal(r.json().requestId, id)
+  const completed = (logs: Logs): unknown[] => logs.filter((l) => l.msg === 'request completed').map((l) => l.reqId)
+  t.same(completed(order.logs), [id], 'order-service logs the id')
+  t.same(completed(user.logs), [id], 'user-service got the same id')
+  t.same(completed(product.logs), [id], 'product-service got the same id')
+  const bad = await order.app.inject({ url: '/orders', headers: { authorization: `Bearer ${alice}`, 'x-request-id': 'has space' } })
+  t.not(bad.headers['x-request-id'], 'has space', 'an id outside the rule is replaced')
+  t.same(completed(order.logs).at(-1), bad.headers['x-request-id'], 'and the log carries the replacement')
 })
 
 t.test('a dead or hanging downstream service maps to 502 or 504, without library text', async (t) => {

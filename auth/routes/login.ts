@@ -1,34 +1,41 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { RateLimitStore } from '@portcullis/rate-limit'
 import { normalizeUsername } from '../../store/users.js'
 import { issueAccessToken, noStore, type AuthContext } from '../context.js'
 import { InvalidCredentialsError, LimiterUnavailableError, NoSigningKeyError, RateLimitedError } from '../errors.js'
 import type { LoginFailure } from '../metrics.js'
 import { loginBody, type LoginBody } from './schemas.js'
 
+interface Count { exceeded: boolean, retryAfter: number }
+
+/** One attempt on `key`'s fixed window: whether it is over `max`, and seconds until the window ends. */
+function countAttempt (store: RateLimitStore, key: string, max: number, window: number): Promise<Count> {
+  return new Promise((resolve, reject) => {
+    store.incr(key, window, (err, hit) => {
+      if (err !== null || hit === undefined) reject(err ?? new Error('no count'))
+      else resolve({ exceeded: hit.current > max, retryAfter: Math.max(1, Math.ceil(hit.ttl / 1000)) })
+    })
+  })
+}
+
 /**
- * POST /auth/login. Brute force is limited twice through @fastify/rate-limit, after the body is
- * validated: per client IP and per username (known or not, so the limit reveals nothing). Every
- * attempt counts, success included: the counters are atomic increments, never read-then-write.
- * Counters live in this process (LocalStore, 5000 keys, least recently used forgotten first), or in
- * Redis when REDIS_URL is set (shared by every replica; unreachable = 503).
+ * POST /auth/login. Brute force is limited twice, after the body is validated: per client IP and
+ * per username (known or not, so the limit reveals nothing). Every attempt counts, success included:
+ * the counters are atomic increments (one Lua script in Redis), never read-then-write. Counters live
+ * in this process (5000 keys, least recently used forgotten first), or in Redis when REDIS_URL is
+ * set (shared by every replica; unreachable = 503), under `portcullis-auth-login:ip:<ip>` and
+ * `portcullis-auth-login:user:<username>`.
  */
 const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
   const { login: limits } = ctx.config
-  const byIp = app.createRateLimit({
-    max: limits.ipMax,
-    timeWindow: limits.ipWindow,
-    keyGenerator: (req: FastifyRequest) => `ip:${req.ip}`
-  })
-  const byUser = app.createRateLimit({
-    max: limits.userMax,
-    timeWindow: limits.userWindow,
-    keyGenerator: (req: FastifyRequest) => `user:${normalizeUsername((req.body as LoginBody).username)}`
-  })
+  const byIp = (req: FastifyRequest): Promise<Count> => countAttempt(ctx.loginCounters, `ip:${req.ip}`, limits.ipMax, limits.ipWindow)
+  const byUser = (req: FastifyRequest<{ Body: LoginBody }>): Promise<Count> =>
+    countAttempt(ctx.loginCounters, `user:${normalizeUsername(req.body.username)}`, limits.userMax, limits.userWindow)
 
   app.post<{ Body: LoginBody }>('/auth/login', {
     schema: { body: loginBody },
     preHandler: async (req, reply) => {
-      let checks: Array<[Awaited<ReturnType<typeof byIp>>, LoginFailure]>
+      let checks: Array<[Count, LoginFailure]>
       try {
         checks = [[await byIp(req), 'rate_limited_ip'], [await byUser(req), 'rate_limited_user']]
       } catch (err) {
@@ -37,10 +44,10 @@ const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
         throw new LimiterUnavailableError()
       }
       for (const [r, reason] of checks) {
-        if (!r.isAllowed && r.isExceeded) {
+        if (r.exceeded) {
           ctx.metrics.loginFailures.inc({ reason })
           req.log.warn({ event: 'auth_failure', reason, username: normalizeUsername(req.body.username), ip: req.ip }, 'login rate limited')
-          reply.header('retry-after', String(Math.max(1, r.ttlInSeconds)))
+          reply.header('retry-after', String(r.retryAfter))
           throw new RateLimitedError()
         }
       }

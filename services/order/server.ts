@@ -38,7 +38,8 @@ function refused (res: ServiceResponse): boolean {
 export interface OrderServiceOptions { config: ServiceConfig }
 
 /**
- * order-service: `GET /orders` (own orders; admin sees all), `GET /orders/:id`, `POST /orders`
+ * order-service: `GET /orders` (own orders; admin sees all) and `GET /orders/:id`, both with the
+ * permission `order:read`, and `POST /orders`
  * (permission `order:create`), which checks the caller with user-service and every product with
  * product-service, calling both with the caller's token and request id. With its own client
  * (SERVICE_CLIENT_ID) it also refreshes a product catalog in the background, as itself.
@@ -49,11 +50,11 @@ export const orderService: FastifyPluginAsync<OrderServiceOptions> = async (app,
   const products = app.serviceClient(config.productServiceUrl)
   const isAdmin = (role: string | undefined): boolean => role === 'admin'
 
-  app.get('/orders', async (req) => ({
+  app.get('/orders', { config: { auth: { permissions: ['order:read'] } } }, async (req) => ({
     orders: orders.list(isAdmin(req.user!.role) ? undefined : req.user!.sub)
   }))
 
-  app.get<{ Params: { id: string } }>('/orders/:id', async (req) => {
+  app.get<{ Params: { id: string } }>('/orders/:id', { config: { auth: { permissions: ['order:read'] } } }, async (req) => {
     const o = orders.get(req.params.id)
     if (o === undefined) throw new NotFoundError('Order')
     if (o.sub !== req.user!.sub && !isAdmin(req.user!.role)) throw new NotYoursError('order')

@@ -4,6 +4,8 @@ import { fileURLToPath } from 'node:url'
 
 /** Starts `portcullis` CLI commands as real child processes, for the rotation and keys tests. */
 const CLI = fileURLToPath(new URL('../../cli/portcullis.ts', import.meta.url))
+/** `rotation` with a simulated clock (TEST_CLOCK_FILE) and TEST_HOLD_TX_MS: see rotation-test-worker.ts. */
+export const ROTATION_TEST_WORKER = fileURLToPath(new URL('./rotation-test-worker.ts', import.meta.url))
 
 export type LogLine = Record<string, unknown> & { event?: string, now?: number, msg?: string }
 
@@ -38,8 +40,9 @@ export class CliProcess {
   #waiters = new Set<() => void>()
   #done = false
 
-  constructor (args: string[], env: Record<string, string>) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
+  /** `args` for the `portcullis` CLI, or for `script` (another entry point) when given. */
+  constructor (args: string[], env: Record<string, string>, script = CLI) {
+    this.child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
     let buf = ''
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       this.stdout += d

@@ -7,6 +7,8 @@ import { promClient, type Registry } from '@portcullis/metrics'
 import { MemoryStore, RedisStore, type RateLimitStore, type RedisClient } from './stores.js'
 import { createRedisClient } from './redis.js'
 
+// carries @fastify/rate-limit's typing of route `config.rateLimit` into this package's types
+export type { RateLimitOptions } from '@fastify/rate-limit'
 export { MemoryStore, RedisStore, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
 export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
