@@ -17,7 +17,7 @@ import { openUserStore } from '../store/users.js'
 
 /**
  * Token issuance against raw `crypto.sign` RSA-2048 of a same-sized signing input, in this run on
- * this machine. Target (issue 3): issuance >= 0.85x raw sign. Also reported: /oauth/token through
+ * this machine. Target: issuance >= 0.85x raw sign. Also reported: /oauth/token through
  * Fastify (inject, SQLite store) and the login rate with the default scrypt parameters, which is
  * bounded by scrypt by design.
  */

@@ -17,7 +17,7 @@ import { ROOT, compileTargets } from './targets.js'
  * round); ratios are medians over ROUNDS of the paired ratios.
  * Then a fixed-rate run at half the bare proxy's maximum (p99 with microsecond resolution from an
  * open-loop generator: autocannon's histogram has 1 ms resolution), and the gateway's resident memory
- * after 100,000 distinct tokens. Targets from issue 5 are printed as PASS/FAIL.
+ * after 100,000 distinct tokens. The targets (docs/performance.md) are printed as PASS/FAIL.
  *
  * Every target gets the same requests (the bare proxy and the upstream are sent the token too, and
  * autocannon builds each request the same way), so the load generator costs the same whatever it
@@ -312,7 +312,7 @@ async function main (): Promise<void> {
     }
   }
 
-  console.log('\ntargets (issue 5):')
+  console.log("\ntargets:")
   for (const [what, ok, got] of checks) console.log(`  ${ok ? 'PASS' : 'FAIL'}  ${what}: ${got}`)
   console.log(`\ntotal bench time ${fmt((Date.now() - t0) / 1000)} s`)
   await issuer.close()

@@ -5,7 +5,7 @@ import jwksAuth from '@portcullis/jwks-auth'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 
 /**
- * Verification cost per request in one process (issue 4 targets: cache miss <= 1.3x raw verify,
+ * Verification cost per request in one process (targets: cache miss <= 1.3x raw verify,
  * cache hit <= 5 us), measured in the same run as raw `crypto.verify` on the same tokens.
  *
  * - raw: `crypto.verify` with the signing input and signature bytes decoded beforehand (the

@@ -115,7 +115,7 @@ t.test('two Authorization headers are a 400, whether or not the token is cached'
   t.equal(trailing.status, 401, 'a cached token with a byte appended is verified, and fails')
 })
 
-/** An app whose only route calls @fastify/jwt's `request.jwtVerify()`, with the plugin's keys loaded. */
+/** An app whose only route calls `request.jwtVerify()` (no hook: `global: false`), with the plugin's keys loaded. */
 async function jwtVerifyApp (t: Test): Promise<{ issuer: TestIssuer, app: FastifyInstance }> {
   const issuer = await startTestIssuer()
   t.teardown(() => issuer.close())
@@ -131,7 +131,7 @@ async function jwtVerifyApp (t: Test): Promise<{ issuer: TestIssuer, app: Fastif
   return { issuer, app }
 }
 
-t.test('request.jwtVerify() from @fastify/jwt uses the same key map and pins', async (t) => {
+t.test('request.jwtVerify() uses the same key map and pins', async (t) => {
   const { issuer, app } = await jwtVerifyApp(t)
   t.same((await app.inject({ url: '/v', headers: { authorization: `Bearer ${issuer.sign({ sub: 'carol' })}` } })).json(), { sub: 'carol' })
   const other = rsaKey({ label: 'other' })
@@ -176,6 +176,43 @@ t.test('regression: request.jwtVerify() refuses what the plugin refuses, with a 
     t.notMatch(res.body, /FAST_JWT|fast-jwt/i, `${name}: no library code or message`)
   }
   t.same((await app.inject({ url: '/v', headers: { authorization: `Bearer ${good}` } })).json(), { sub: 'x' }, 'a valid token still passes')
+})
+
+t.test('one verification per token: the hook and request.jwtVerify() share one verifier, and @fastify/jwt is gone', async (t) => {
+  const issuer = await startTestIssuer()
+  t.teardown(() => issuer.close())
+  const app = Fastify()
+  await app.register(metrics, { defaultMetrics: false })
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }] })
+  app.get('/both', async (req) => {
+    const again = await req.jwtVerify() // already authenticated by the hook: no second verification
+    return { same: again === req.user, sub: again.sub }
+  })
+  app.get('/open', { config: { auth: false } }, async (req) => {
+    const before = req.user
+    const user = await req.jwtVerify()
+    return { before, sub: user.sub }
+  })
+  await app.ready()
+  t.teardown(() => app.close())
+  await app.jwksAuth.refresh()
+  const count = async (cache: string): Promise<number> => {
+    const m = /portcullis_auth_verify_duration_seconds_count\{cache="(\w+)"\} (\d+)/g
+    let n = 0
+    for (const x of (await app.metricsRegistry.metrics()).matchAll(m)) if (x[1] === cache) n += Number(x[2])
+    return n
+  }
+  const token = issuer.sign({ sub: 'dana' })
+  t.same((await app.inject({ url: '/both', headers: { authorization: `Bearer ${token}` } })).json(), { same: true, sub: 'dana' })
+  t.equal(await count('miss'), 1, 'the hook verified the token once (a miss)')
+  t.equal(await count('hit'), 0, 'jwtVerify() in the handler did not verify it again, not even from the cache')
+  t.same((await app.inject({ url: '/open', headers: { authorization: `Bearer ${issuer.sign({ sub: 'erin' })}` } })).json(), { before: null, sub: 'erin' },
+    'on an auth: false route the user is null until jwtVerify() authenticates')
+  t.equal(await count('miss'), 2)
+  const noToken = await app.inject({ url: '/open' })
+  t.equal(noToken.statusCode, 401, 'jwtVerify() rejects with the same 401')
+  t.equal(noToken.headers['www-authenticate'], 'Bearer')
+  t.notOk(app.hasDecorator('jwt'), 'no @fastify/jwt decorator: nothing else verifies tokens')
 })
 
 t.test('options are validated at registration with messages naming the option', async (t) => {

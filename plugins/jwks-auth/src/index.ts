@@ -90,8 +90,8 @@ function bearerToken (request: FastifyRequest, count: number): string {
 /**
  * JWKS bearer-token authentication. Keys come only from the configured issuers' JWKS (never from a
  * URL or key named in a token), held as parsed KeyObjects in one map per issuer, refreshed in the
- * background with ETags; unknown kids cause at most one fetch per cooldown. See README
- * (`config:plugins`) for every option, reason code and metric.
+ * background with ETags; unknown kids cause at most one fetch per cooldown. The package README lists every option, reason
+ * code and metric.
  */
 const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts) => {
   if (app.hasDecorator('jwksAuth')) {

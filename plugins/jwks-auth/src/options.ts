@@ -5,9 +5,9 @@ export const SUPPORTED_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384'
 export type RsaAlgorithm = typeof SUPPORTED_ALGORITHMS[number]
 
 export const DEFAULT_ALGORITHMS: RsaAlgorithm[] = ['RS256']
-/** Seconds of leeway for `exp`, `nbf` and `iat` (DESIGN `S`). */
+/** Seconds of leeway for `exp`, `nbf` and `iat` (`S` in docs/design.md). */
 export const DEFAULT_CLOCK_TOLERANCE = 60
-/** Seconds a fetched JWKS counts as fresh (DESIGN `C`, the longest verifier cache). */
+/** Seconds a fetched JWKS counts as fresh (`C` in docs/design.md, the longest verifier cache). */
 export const DEFAULT_KEY_CACHE_TTL = 300
 /** Seconds after a kid-miss fetch during which further unknown kids are refused without fetching. */
 export const DEFAULT_KID_MISS_COOLDOWN = 30
