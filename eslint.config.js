@@ -4,7 +4,8 @@ import tseslint from 'typescript-eslint'
 // The layering (docs/design.md): plugin packages import nothing of this repository but other plugin
 // packages by name; lib/ imports plugin packages only; store/ imports lib/ and plugin packages;
 // each process (auth, gateway, rotation, services) imports lib/, store/ and plugin packages, never
-// another process; cli/ starts processes through their module paths. Nobody reaches into a plugin
+// another process; cli/ uses lib/ and store/ and starts processes through their module paths
+// (cli/commands.ts), so one command never loads another's code. Nobody reaches into a plugin
 // package by a relative path. `npm run lint` fails on any import that breaks these floors.
 const PROCESSES = ['auth', 'gateway', 'rotation', 'services']
 const intoPlugins = { group: ['**/plugins/**'], message: 'import a plugin package by its name (@portcullis/...), never by a path into it' }
@@ -26,7 +27,7 @@ export default tseslint.config(
   layer(['lib/**/*.ts'], [intoPlugins, outOf(['store', 'cli', ...PROCESSES], 'lib/ sits below the store and the processes')]),
   layer(['store/**/*.ts'], [intoPlugins, outOf(['cli', ...PROCESSES], 'store/ sits below the processes and the CLI')]),
   ...PROCESSES.map((p) => layer([`${p}/**/*.ts`], [intoPlugins, outOf(['cli', ...PROCESSES.filter((o) => o !== p)], `${p}/ is a process: it does not import another process or the CLI`)])),
-  layer(['cli/**/*.ts'], [intoPlugins]),
+  layer(['cli/**/*.ts'], [intoPlugins, outOf(PROCESSES, 'cli/ starts a process through its module path (cli/commands.ts), never by importing its code')]),
   {
     files: ['bin/**/*.js', 'scripts/**/*.js'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly' } }
