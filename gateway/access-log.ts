@@ -99,8 +99,8 @@ function lineRenderer (bindings: string): (time: number, id: string, method: str
  * lines back (BatchedDestination), a request only stores its fields (a few array slots) and the
  * lines are rendered 64 at a time, when the destination writes anything else (so lines stay in
  * order), flushes or the process exits: rendering in one tight loop instead of between two requests
- * took the gateway from 0.772x to 0.832x of the bare proxy's throughput in a paired A/B (README,
- * Performance). The fields hold no redacted key. Any other
+ * took the gateway from 0.772x to 0.832x of the bare proxy's throughput in a paired A/B
+ * (docs/performance.md). The fields hold no redacted key. Any other
  * logger gets `request.log.info`.
  */
 export function accessLogger (logger: Logger | undefined): (request: FastifyRequest, reply: FastifyReply) => void {

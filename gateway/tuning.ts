@@ -8,7 +8,7 @@ import { setFlagsFromString } from 'node:v8'
  * factor of 1.2 collects it sooner (~140 MB with the 5,000-entry token cache, ~177 MB without this
  * flag), with no measurable throughput cost on cache hits (it only matters when the old generation grows). This flag is read at each heap-growing decision, so
  * setting it at run time works (unlike `--max-semi-space-size`, fixed at process start; that one
- * can still be given in NODE_OPTIONS; a small young generation costs much throughput, see README).
+ * can still be given in NODE_OPTIONS; a small young generation costs much throughput, see docs/performance.md).
  * `--optimize-for-size` was measured too: ~120 MB but -17% throughput.
  */
 export const MEMORY_TUNING_FLAGS = ['--heap-growing-percent=20']

@@ -75,6 +75,9 @@ t.test('401s count against the IP: token guessing is refused before verification
   t.ok(Number(blocked.headers['retry-after']) > 0)
   const m = (await gw.admin.inject({ url: '/metrics' })).body
   t.match(m, /portcullis_auth_requests_total\{result="failure",reason="malformed"\} 4/, 'the blocked attempt was not verified')
+  // labelled by the budget name like every other 429, not by the route pattern (/api/*)
+  t.match(m, /portcullis_rate_limit_rejections_total\{route="\*"\} 1/, 'the guard counts under the route\'s budget name')
+  t.notMatch(m, /rejections_total\{route="\/api/)
 })
 
 t.test('bad plugin options fail at registration with the option named', async (t) => {

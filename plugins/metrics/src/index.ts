@@ -41,7 +41,7 @@ declare module 'fastify' {
 /**
  * fastify-metrics HTTP histograms and summaries, labelled by the matched route pattern (never the raw
  * URL, so cardinality stays bounded), recorded into a per-app registry. It serves no endpoint on the
- * public listener: `/metrics` lives on the admin listener (plugins/admin.ts).
+ * public listener: `/metrics` lives on the admin listener (the `admin` plugin of this package).
  */
 const metrics: FastifyPluginAsync<MetricsPluginOptions> = async (app, opts) => {
   if (app.hasDecorator('metricsRegistry')) return

@@ -45,6 +45,8 @@ export interface RateLimitPluginOptions {
 interface Limiter { label: string, max: number, timeWindow: number }
 
 const kCounted = Symbol('portcullis.rateLimit.counted')
+/** The budget name a route config carries once onRoute gave it a limiter. */
+const kBudget = Symbol('portcullis.rateLimit.budget')
 declare module 'fastify' {
   interface FastifyRequest { [kCounted]?: boolean }
 }
@@ -145,7 +147,8 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       done()
       return
     }
-    rejections?.inc({ route: request.routeOptions.url ?? 'unknown' })
+    // labelled like the budget's own 429s: the route's budget name (`none` on a route without one)
+    rejections?.inc({ route: (request.routeOptions.config as { [kBudget]?: string } | undefined)?.[kBudget] ?? 'none' })
     const secs = Math.ceil(left / 1000)
     reply.header('retry-after', secs)
     done(new RateLimitedError(String(secs)))
@@ -205,6 +208,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...hookList(route.preHandler)]
     route.onError = [...hookList(route.onError), count401(limiter)]
+    route.config = { ...route.config, [kBudget]: limiter.label }
   })
 }
 
