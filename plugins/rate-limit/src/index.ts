@@ -208,7 +208,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...hookList(route.preHandler)]
     route.onError = [...hookList(route.onError), count401(limiter)]
-    route.config = { ...route.config, [kBudget]: limiter.label }
+    route.config = { ...route.config, [kBudget]: limiter.label } as typeof route.config
   })
 }
 
