@@ -1,7 +1,10 @@
-import { envDuration, envInt, envList, envString, envUrl, type Env } from '../lib/env.js'
+import { durationText, envDuration, envInt, envList, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvTable, type LogLevel, type ProcessEnv } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
-import { scryptParamsFromEnv, type ScryptParams } from '../store/password.js'
-import { jwksCacheMaxAge, type KeyTimings } from '../store/key-timings.js'
+import { dbOptionsFromEnv, STORE_ENV } from '../store/config.js'
+import type { DbOptions } from '../store/db.js'
+import { DEFAULT_SCRYPT_PARAMS, scryptParamsFromEnv, type ScryptParams } from '../store/password.js'
+import { jwksCacheMaxAge, KEY_TIMINGS_ENV, keyTimingsFromEnv, type KeyTimings } from '../store/key-timings.js'
+import { SECRETS_ENV } from '../store/secrets.js'
 import { DEFAULT_REFRESH_ABSOLUTE_TTL, DEFAULT_REFRESH_IDLE_TTL } from '../store/refresh.js'
 
 export interface AuthConfig {
@@ -44,27 +47,33 @@ export const DEFAULT_LOGIN_IP_WINDOW = 60
 export const DEFAULT_LOGIN_USER_MAX = 5
 export const DEFAULT_LOGIN_USER_WINDOW = 300
 
-/** Every variable the auth service reads itself (`--help` and the README list these). */
-export const AUTH_ENV: Array<[name: string, def: string, meaning: string]> = [
+/** Every variable the auth service reads itself (`--help` and docs/configuration.md list these). */
+export const AUTH_ENV: EnvTable = [
   ['AUTH_HOST', DEFAULT_AUTH_HOST, 'public listener address'],
   ['AUTH_PORT', String(DEFAULT_AUTH_PORT), 'public listener port (login, refresh, logout, /oauth/token, JWKS, discovery)'],
-  ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST'],
+  ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST; must differ from AUTH_PORT'],
   ['AUTH_ISSUER', 'http://AUTH_HOST:AUTH_PORT', '`iss` claim and base URL of jwks_uri / token_endpoint in discovery'],
   ['AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE, 'default `aud` claim (a client can have its own)'],
-  ['AUTH_KEY_POLL_INTERVAL', `${DEFAULT_KEY_POLL_INTERVAL}s`, 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
-  ['REFRESH_IDLE_TTL', '7d', 'a refresh token unused for this long is refused'],
-  ['REFRESH_ABSOLUTE_TTL', '30d', 'a refresh-token family (one login) ends this long after login; >= REFRESH_IDLE_TTL'],
+  ['AUTH_KEY_POLL_INTERVAL', durationText(DEFAULT_KEY_POLL_INTERVAL), 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
+  ['REFRESH_IDLE_TTL', durationText(DEFAULT_REFRESH_IDLE_TTL), 'a refresh token unused for this long is refused'],
+  ['REFRESH_ABSOLUTE_TTL', durationText(DEFAULT_REFRESH_ABSOLUTE_TTL), 'a refresh-token family (one login) ends this long after login; >= REFRESH_IDLE_TTL'],
   ['AUTH_BODY_LIMIT', String(DEFAULT_BODY_LIMIT), 'largest request body in bytes; larger is 400 invalid_request'],
   ['AUTH_LOGIN_IP_MAX', String(DEFAULT_LOGIN_IP_MAX), 'login attempts per client IP per AUTH_LOGIN_IP_WINDOW, then 429'],
-  ['AUTH_LOGIN_IP_WINDOW', `${DEFAULT_LOGIN_IP_WINDOW}s`, 'window of AUTH_LOGIN_IP_MAX'],
+  ['AUTH_LOGIN_IP_WINDOW', durationText(DEFAULT_LOGIN_IP_WINDOW), 'window of AUTH_LOGIN_IP_MAX'],
   ['AUTH_LOGIN_USER_MAX', String(DEFAULT_LOGIN_USER_MAX), 'login attempts per username (known or not) per AUTH_LOGIN_USER_WINDOW, then 429'],
-  ['AUTH_LOGIN_USER_WINDOW', `${DEFAULT_LOGIN_USER_WINDOW / 60}m`, 'window of AUTH_LOGIN_USER_MAX'],
+  ['AUTH_LOGIN_USER_WINDOW', durationText(DEFAULT_LOGIN_USER_WINDOW), 'window of AUTH_LOGIN_USER_MAX'],
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
   ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable at boot stops the boot, later outages answer logins 503'],
-  ['PASSWORD_SCRYPT_N', '32768', 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
-  ['PASSWORD_SCRYPT_R', '8', 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
-  ['PASSWORD_SCRYPT_P', '3', 'scrypt parallelization for new hashes (N=2^15, r=8, p=3 is an OWASP-recommended setting)']
+  ['PASSWORD_SCRYPT_N', String(DEFAULT_SCRYPT_PARAMS.N), 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
+  ['PASSWORD_SCRYPT_R', String(DEFAULT_SCRYPT_PARAMS.r), 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
+  ['PASSWORD_SCRYPT_P', String(DEFAULT_SCRYPT_PARAMS.p), 'scrypt parallelization for new hashes (N=2^15, r=8, p=3 is an OWASP-recommended setting)']
 ]
+
+/**
+ * Everything `portcullis auth` reads: AUTH_ENV, then the key timings (checked as the rotation worker
+ * checks them), the store, the key secrets and the log level.
+ */
+export const AUTH_PROCESS_ENV: ProcessEnv = { own: AUTH_ENV, shared: [KEY_TIMINGS_ENV, STORE_ENV, SECRETS_ENV, LOG_ENV] }
 
 function trustProxyFromEnv (env: Env): boolean | string[] {
   const list = envList(env, 'AUTH_TRUST_PROXY')
@@ -134,4 +143,21 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
     scrypt: scryptParamsFromEnv(env),
     redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href
   }
+}
+
+export interface AuthSettings {
+  logLevel: LogLevel
+  timings: KeyTimings
+  config: AuthConfig
+  db: DbOptions & { dataDir: string }
+}
+
+/**
+ * Every setting `portcullis auth` reads from `env` but the key secrets (loadKeySecrets reads
+ * PORTCULLIS_KEY_SECRETS): AUTH_PROCESS_ENV lists what this reads.
+ */
+export function authSettingsFromEnv (env: Env): AuthSettings {
+  const logLevel = logLevelFromEnv(env)
+  const timings = keyTimingsFromEnv(env)
+  return { logLevel, timings, config: authConfigFromEnv(env, timings), db: dbOptionsFromEnv(env) }
 }

@@ -1,22 +1,18 @@
 import { listenOn } from '../lib/listen.js'
 import { stopSignal } from '../lib/signals.js'
 import pino from 'pino'
-import { envEnum } from '../lib/env.js'
+import { envHelp } from '../lib/env.js'
 import { UsageError } from '../lib/errors.js'
 import { loggerOptions } from '../lib/logger.js'
 import { openClientStore } from '../store/clients.js'
-import { dbOptionsFromEnv } from '../store/config.js'
 import { openDb } from '../store/index.js'
-import { keyTimingsFromEnv } from '../store/key-timings.js'
 import { openKeyStore } from '../store/keys.js'
 import { PasswordHasher } from '../store/password.js'
 import { openRefreshStore } from '../store/refresh.js'
 import { loadKeySecrets } from '../store/secrets.js'
 import { openUserStore } from '../store/users.js'
-import { AUTH_ENV, authConfigFromEnv } from './config.js'
+import { AUTH_PROCESS_ENV, authSettingsFromEnv } from './config.js'
 import { buildAuthService, type AuthService } from './server.js'
-
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 export const help = `Usage: portcullis auth
 
@@ -26,23 +22,12 @@ on AUTH_HOST:AUTH_PORT; /health/live, /health/ready and /metrics on AUTH_HOST:AU
 Tokens are signed with the store's active key (see "portcullis keys" and "portcullis rotation");
 manage accounts with "portcullis users" and "portcullis clients".
 
-Environment:
-${AUTH_ENV.map(([name, def, meaning]) => `  ${name.padEnd(24)} ${meaning} (${def})`).join('\n')}
-  ACCESS_TOKEN_TTL         access-token lifetime (15m); with CLOCK_SKEW (60s), VERIFIER_CACHE_MAX (300s),
-                           SIGNER_PROPAGATION (5s), KEY_PREPUBLISH (1h), KEY_RETIRE_WINDOW (1h) and
-                           KEY_ROTATION_PERIOD (7d) checked as "portcullis rotation" does (raising
-                           ACCESS_TOKEN_TTL may need a longer KEY_RETIRE_WINDOW)
-  DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR   the store (unset DATABASE_URL = SQLite in ./data)
-  PORTCULLIS_KEY_SECRETS   key-encryption secrets, comma list (unset: the local secret in the data folder)
-  LOG_LEVEL                pino level (info)`
+${envHelp(AUTH_PROCESS_ENV)}`
 
 export async function run (argv: string[]): Promise<number> {
   if (argv.length > 0) throw new UsageError(`auth: unknown argument "${argv[0]}" (see portcullis auth --help)`)
   const env = process.env
-  const logLevel = envEnum(env, 'LOG_LEVEL', LOG_LEVELS, 'info')
-  const timings = keyTimingsFromEnv(env)
-  const config = authConfigFromEnv(env, timings)
-  const dbOpts = dbOptionsFromEnv(env)
+  const { logLevel, timings, config, db: dbOpts } = authSettingsFromEnv(env)
   const log = pino(loggerOptions('auth', logLevel))
   const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
   const db = openDb(dbOpts)

@@ -1,14 +1,47 @@
 import { createServer, type Server } from 'node:net'
 import { join, resolve } from 'node:path'
-import { envBool, envDuration, envEnum, envInt, envString, type Env } from '../lib/env.js'
+import { envBool, envDuration, envEnum, envHelp, envInt, envString, type Env, type EnvTable, type ProcessEnv, wrapHelp } from '../lib/env.js'
 import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenError } from '../lib/listen.js'
 import { openDb } from '../store/index.js'
-import { dbOptionsFromEnv, makeDataDir } from '../store/config.js'
+import { dbOptionsFromEnv, makeDataDir, STORE_ENV } from '../store/config.js'
 import { startChild, stopChildren, waitForHttp, type ChildSpec, type LogFormat, type RunningChild } from './stack/children.js'
 import { seedDemo, type DemoState } from './stack/demo.js'
 import { writeStackRouteFile } from './stack/routes.js'
 import { banner, type StackUrls } from './stack/walkthrough.js'
+
+/** Every variable the stack reads for itself; `--help` and docs/configuration.md list these. */
+export const STACK_ENV: EnvTable = [
+  ['PORTCULLIS_DEMO', 'true', 'demo mode, true/false: create the demo users and client on the first start, print them, give order-service the client (--demo / --no-demo win over it)'],
+  ['STACK_LOG_FORMAT', 'pretty on a terminal, else json', 'child log lines as "time LEVEL msg k=v" (pretty) or raw pino JSON (json), each after a [name] prefix (--log-format wins over it)'],
+  ['STACK_READY_TIMEOUT', '1m', 'how long to wait for each process to be ready before stopping everything'],
+  ['STACK_STOP_TIMEOUT', '10s', 'grace period before a child that ignores SIGTERM is killed'],
+  ['STACK_RATE_LIMIT_MAX', '100', 'requests per minute per caller on each route of the generated route table'],
+  ['STACK_PRODUCTS_RATE_LIMIT_MAX', '10', 'the same for /api/products, low to show a 429'],
+  ['NO_COLOR', 'unset', 'set (to anything): the [name] prefixes of child log lines are not coloured']
+]
+
+/** Everything `portcullis start` reads for itself: STACK_ENV and the store (it seeds the demo accounts). */
+export const STACK_PROCESS_ENV: ProcessEnv = { own: STACK_ENV, shared: [STORE_ENV] }
+
+/**
+ * Variables of the children that the stack reads too, and what for; each is defined in its child's
+ * table (AUTH_ENV, GATEWAY_ENV, ROTATION_ENV, SERVICE_ENV).
+ */
+export const STACK_CHILD_ENV: ReadonlyArray<readonly [names: readonly string[], use: string]> = [
+  [['AUTH_HOST', 'AUTH_PORT', 'AUTH_ADMIN_PORT', 'GATEWAY_HOST', 'GATEWAY_PORT', 'GATEWAY_ADMIN_PORT', 'ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 'SERVICE_HOST', 'USER_SERVICE_PORT', 'ORDER_SERVICE_PORT', 'PRODUCT_SERVICE_PORT'],
+    'where the stack waits for each child and the URLs it prints; all checked free before anything starts (0, any free port, is refused)'],
+  [['AUTH_ISSUER'], 'unset: http://AUTH_HOST:AUTH_PORT; passed to every child and named in the generated route file'],
+  [['AUTH_AUDIENCE'], 'its first entry is the audience of the generated route file'],
+  [['GATEWAY_CONFIG'], 'unset: a route table for the three services is written to <data dir>/gateway-routes.yaml on every start and passed to the gateway'],
+  [['SERVICE_CLIENT_ID'], 'unset in demo mode: order-service gets the demo client (SERVICE_CLIENT_ID and SERVICE_CLIENT_SECRET)'],
+  [['PASSWORD_SCRYPT_N', 'PASSWORD_SCRYPT_R', 'PASSWORD_SCRYPT_P'], 'scrypt parameters of the demo users\' password hashes, as auth hashes them']
+]
+
+/** STACK_CHILD_ENV as `--help` lines: the names, then what the stack uses them for. */
+function childEnvHelp (): string {
+  return STACK_CHILD_ENV.map(([names, use]) => `  ${wrapHelp(names.join(', '), 2)}\n      ${wrapHelp(use, 6)}`).join('\n')
+}
 
 export const help = `Usage: portcullis start [--demo | --no-demo] [--log-format pretty|json]
 
@@ -27,16 +60,10 @@ Options:
   --log-format pretty|json   child log lines as "time LEVEL msg k=v" or raw pino JSON
                              (default: STACK_LOG_FORMAT, else pretty on a terminal, json otherwise)
 
-Environment (besides every variable of the child processes, which they read themselves):
-  PORTCULLIS_DEMO            demo mode, true/false (default true)
-  STACK_LOG_FORMAT           pretty or json
-  STACK_READY_TIMEOUT        how long to wait for each process to be ready (default 60s)
-  STACK_STOP_TIMEOUT         grace period before a child that ignores SIGTERM is killed (default 10s)
-  STACK_RATE_LIMIT_MAX       requests per minute per caller on each route of the default route table (default 100)
-  STACK_PRODUCTS_RATE_LIMIT_MAX  the same for /api/products, low to show a 429 (default 10)
-  The ports the stack waits on and prints are the children's own: AUTH_HOST, AUTH_PORT,
-  AUTH_ADMIN_PORT, GATEWAY_HOST, GATEWAY_PORT, GATEWAY_ADMIN_PORT, ROTATION_METRICS_PORT,
-  SERVICE_HOST, USER_SERVICE_PORT, ORDER_SERVICE_PORT, PRODUCT_SERVICE_PORT.`
+${envHelp(STACK_PROCESS_ENV)}
+Environment of the children, read by the stack too (each child reads all of its own from the
+environment the stack passes on; see its --help):
+${childEnvHelp()}`
 
 interface StackFlags { demo: boolean | undefined, logFormat: LogFormat | undefined }
 

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenOn } from '../lib/listen.js'
-import { envBool, envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
+import { durationText, envBool, envDuration, envHelp, envInt, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvTable, type ProcessEnv } from '../lib/env.js'
 import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
@@ -12,26 +12,35 @@ import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
 export const DEFAULT_CONFIG_PATH = fileURLToPath(new URL('./routes.example.yaml', import.meta.url))
 export const DEFAULT_SHUTDOWN_GRACE = 30 // seconds
 
+export const DEFAULT_GATEWAY_HOST = '127.0.0.1'
+export const DEFAULT_GATEWAY_PORT = 8080
+export const DEFAULT_GATEWAY_ADMIN_PORT = 9090
+
+/** Every variable the gateway reads itself (settingsFromEnv); `--help` and docs/configuration.md list these. */
+export const GATEWAY_ENV: EnvTable = [
+  ['GATEWAY_HOST', DEFAULT_GATEWAY_HOST, 'public listener address'],
+  ['GATEWAY_PORT', String(DEFAULT_GATEWAY_PORT), 'public listener port'],
+  ['GATEWAY_ADMIN_HOST', DEFAULT_GATEWAY_HOST, 'admin listener address (/health/live, /health/ready, /metrics)'],
+  ['GATEWAY_ADMIN_PORT', String(DEFAULT_GATEWAY_ADMIN_PORT), 'admin listener port'],
+  ['GATEWAY_CONFIG', 'gateway/routes.example.yaml', 'the route file, YAML (or JSON when it ends in .json): issuers, routes, rate limits, timeouts'],
+  ['REDIS_URL', 'unset', 'redis:// or rediss:// URL: rate-limit counters shared by every gateway replica (unset: in memory, per process)'],
+  ['GATEWAY_RATE_LIMIT_FAIL_CLOSED', 'false', 'when the Redis store fails: false lets requests through, true answers 503'],
+  ['GATEWAY_TLS_CERT', 'unset', 'PEM certificate file: the public listener serves HTTPS and sends HSTS (unset: HTTP)'],
+  ['GATEWAY_TLS_KEY', 'unset', 'PEM private key file (set together with GATEWAY_TLS_CERT)'],
+  ['GATEWAY_HSTS_MAX_AGE', durationText(DEFAULT_HSTS_MAX_AGE), 'Strict-Transport-Security max-age under TLS'],
+  ['GATEWAY_SHUTDOWN_GRACE', durationText(DEFAULT_SHUTDOWN_GRACE), 'time to drain in-flight requests on SIGTERM/SIGINT before a forced exit'],
+  ['GATEWAY_MEMORY_TUNING', 'true', `true: the gateway sets V8's ${MEMORY_TUNING_FLAGS.join(' ')} on itself at start; false keeps V8's default heap sizing`]
+]
+
+/** Everything `portcullis gateway` reads: GATEWAY_ENV, then the JWKS verifier settings and the log level. */
+export const GATEWAY_PROCESS_ENV: ProcessEnv = { own: GATEWAY_ENV, shared: [JWKS_ENV, LOG_ENV] }
+
 export const help = `Usage: portcullis gateway
 
 Runs the API gateway: verifies tokens, authorizes, rate-limits and proxies to the upstreams listed in
 the route file. Health, readiness and Prometheus metrics are served on the admin port only.
 
-Environment:
-  GATEWAY_HOST                   public listener address            (default 127.0.0.1)
-  GATEWAY_PORT                   public listener port               (default 8080)
-  GATEWAY_ADMIN_HOST             admin listener address             (default 127.0.0.1)
-  GATEWAY_ADMIN_PORT             admin listener port                (default 9090)
-  GATEWAY_CONFIG                 route file, YAML or JSON           (default gateway/routes.example.yaml)
-  REDIS_URL                      redis:// URL: rate-limit counters shared by every replica (default in-memory)
-  GATEWAY_RATE_LIMIT_FAIL_CLOSED true: answer 503 when Redis fails  (default false: let requests through)
-  GATEWAY_TLS_CERT               PEM certificate file: serve HTTPS  (default unset: HTTP)
-  GATEWAY_TLS_KEY                PEM private key file (with GATEWAY_TLS_CERT)
-  GATEWAY_HSTS_MAX_AGE           HSTS max-age under TLS             (default 365d)
-  GATEWAY_SHUTDOWN_GRACE         time to drain on SIGTERM before a forced exit (default 30s)
-  GATEWAY_MEMORY_TUNING          false: keep V8's default heap sizing (default true: ${MEMORY_TUNING_FLAGS.join(' ')})
-${JWKS_ENV.map(([n, d, m]) => `  ${n.padEnd(30)} ${m} (default ${d})`).join('\n')}
-  LOG_LEVEL                      pino level                         (default info)`
+${envHelp(GATEWAY_PROCESS_ENV)}`
 
 export interface GatewaySettings {
   host: string
@@ -47,7 +56,10 @@ export interface GatewaySettings {
   memoryTuning: boolean
 }
 
-/** Reads and validates every env var the gateway uses; a bad one throws a ConfigError naming it. */
+/**
+ * Reads and validates the gateway's own env vars (GATEWAY_ENV) and LOG_LEVEL; a bad one throws a
+ * ConfigError naming it. createGateway reads the JWKS verifier settings (JWKS_ENV).
+ */
 export function settingsFromEnv (env: Env): GatewaySettings {
   const certPath = envString(env, 'GATEWAY_TLS_CERT')
   const keyPath = envString(env, 'GATEWAY_TLS_KEY')
@@ -61,12 +73,12 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       throw new ConfigError(name, `cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
     }
   }
-  envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info') // read by lib/logger.ts
+  logLevelFromEnv(env) // checked here, read by lib/logger.ts
   return {
-    host: envString(env, 'GATEWAY_HOST', '127.0.0.1'),
-    port: envInt(env, 'GATEWAY_PORT', 8080, { min: 0, max: 65535 }),
-    adminHost: envString(env, 'GATEWAY_ADMIN_HOST', '127.0.0.1'),
-    adminPort: envInt(env, 'GATEWAY_ADMIN_PORT', 9090, { min: 0, max: 65535 }),
+    host: envString(env, 'GATEWAY_HOST', DEFAULT_GATEWAY_HOST),
+    port: envInt(env, 'GATEWAY_PORT', DEFAULT_GATEWAY_PORT, { min: 0, max: 65535 }),
+    adminHost: envString(env, 'GATEWAY_ADMIN_HOST', DEFAULT_GATEWAY_HOST),
+    adminPort: envInt(env, 'GATEWAY_ADMIN_PORT', DEFAULT_GATEWAY_ADMIN_PORT, { min: 0, max: 65535 }),
     configPath: envString(env, 'GATEWAY_CONFIG', DEFAULT_CONFIG_PATH),
     redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href,
     failClosed: envBool(env, 'GATEWAY_RATE_LIMIT_FAIL_CLOSED', false),

@@ -1,14 +1,23 @@
-import { envDuration, envInt, type Env } from './env.js'
+import { durationText, envDuration, envInt, type EnvGroup, type EnvRow, type Env } from './env.js'
 import { DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL, DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, DEFAULT_TOKEN_CACHE_MAX, type JwksAuthOptions } from '@portcullis/jwks-auth'
 
-/** The verifier-side JWKS timings every verifying process (gateway, services) reads from its env. */
-export const JWKS_ENV: Array<[name: string, def: string, meaning: string]> = [
-  ['JWKS_REFRESH_INTERVAL', `${DEFAULT_REFRESH_INTERVAL}s`, 'how often the issuer\'s JWKS is re-fetched in the background (conditional request); keep it well under KEY_PREPUBLISH'],
-  ['JWKS_CACHE_TTL', `${DEFAULT_KEY_CACHE_TTL}s`, 'how long a fetched JWKS counts as fresh; at most VERIFIER_CACHE_MAX'],
-  ['JWKS_KID_MISS_COOLDOWN', `${DEFAULT_KID_MISS_COOLDOWN}s`, 'least time between two fetches caused by tokens with an unknown kid'],
-  ['JWKS_TOKEN_CACHE_MAX', String(DEFAULT_TOKEN_CACHE_MAX), 'verified tokens cached per process (~1.3 KB each; 0 disables)'],
-  ['CLOCK_SKEW', `${DEFAULT_CLOCK_TOLERANCE}s`, 'leeway on exp, nbf and iat: the S the rotation worker plans its windows with; set it alike everywhere']
-]
+/**
+ * CLOCK_SKEW, one variable for two readers: the verifiers' leeway (this file) and the S of the key
+ * timings (store/key-timings.ts, which shows this same row in its group).
+ */
+export const CLOCK_SKEW_ENV: EnvRow = ['CLOCK_SKEW', durationText(DEFAULT_CLOCK_TOLERANCE), '`S`: clock skew tolerated between the issuer and the verifiers: their leeway on exp, nbf and iat, and the S the rotation worker plans its windows with; set it alike in every process']
+
+/** The verifier-side JWKS settings every verifying process (gateway, services) reads from its env. */
+export const JWKS_ENV: EnvGroup = {
+  title: 'JWKS verifier',
+  rows: [
+    ['JWKS_REFRESH_INTERVAL', durationText(DEFAULT_REFRESH_INTERVAL), 'how often the issuer\'s JWKS is re-fetched in the background (conditional request); keep it well under KEY_PREPUBLISH'],
+    ['JWKS_CACHE_TTL', durationText(DEFAULT_KEY_CACHE_TTL), 'how long a fetched JWKS counts as fresh; at most VERIFIER_CACHE_MAX'],
+    ['JWKS_KID_MISS_COOLDOWN', durationText(DEFAULT_KID_MISS_COOLDOWN), 'least time between two fetches caused by tokens with an unknown kid'],
+    ['JWKS_TOKEN_CACHE_MAX', String(DEFAULT_TOKEN_CACHE_MAX), 'verified tokens cached per process (~1.3 KB each; 0 disables)'],
+    CLOCK_SKEW_ENV
+  ]
+}
 
 /**
  * jwks-auth options from `JWKS_REFRESH_INTERVAL`, `JWKS_CACHE_TTL`, `JWKS_KID_MISS_COOLDOWN` (seconds

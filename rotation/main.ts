@@ -2,13 +2,14 @@ import { listenOn } from '../lib/listen.js'
 import { stopSignal } from '../lib/signals.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
+import { envHelp } from '../lib/env.js'
 import { loggerOptions } from '../lib/logger.js'
 import { admin } from '@portcullis/metrics'
 import { promClient } from '@portcullis/metrics'
 import { openDb } from '../store/index.js'
 import { openKeyStore } from '../store/keys.js'
 import { loadKeySecrets } from '../store/secrets.js'
-import { rotationConfigFromEnv, type RotationConfig } from './config.js'
+import { ROTATION_PROCESS_ENV, rotationConfigFromEnv, type RotationConfig } from './config.js'
 import { RotationBootError, RotationUsageError } from './errors.js'
 import { rotationMetrics } from './metrics.js'
 import { RotationWorker, scheduleTrigger, type Trigger } from './worker.js'
@@ -23,20 +24,7 @@ Options:
   --once        run one tick and exit (for system cron or a Kubernetes CronJob); no metrics listener
   -h, --help    show this help
 
-Environment:
-  DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR   the store (unset DATABASE_URL = SQLite in ./data)
-  PORTCULLIS_KEY_SECRETS   key-encryption secrets, comma list: first encrypts, all decrypt
-                           (unset: a local secret is generated into the data folder, with a warning)
-  KEY_SIZE                 RSA modulus bits for new keys: 2048 (default), 3072 or 4096
-  KEY_ROTATION_PERIOD      how long a key signs (7d)
-  KEY_PREPUBLISH           how long a new key is published before it signs (1h)
-  KEY_RETIRE_WINDOW        how long a retired key stays published (1h)
-  ACCESS_TOKEN_TTL (15m), CLOCK_SKEW (60s), VERIFIER_CACHE_MAX (300s), SIGNER_PROPAGATION (5s)
-                           bounds the windows are checked against at boot
-  ROTATION_SCHEDULE        croner pattern with seconds for the ticks ("*/30 * * * * *")
-  ROTATION_METRICS_HOST    metrics listener address (127.0.0.1)
-  ROTATION_METRICS_PORT    metrics listener port (9464; 0 = any free port)
-  LOG_LEVEL                pino level (info)`
+${envHelp(ROTATION_PROCESS_ENV)}`
 
 function parseArgs (argv: string[]): { once: boolean } {
   let once = false

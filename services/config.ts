@@ -1,4 +1,4 @@
-import { envDuration, envEnum, envInt, envString, envUrl, type Env } from '../lib/env.js'
+import { durationText, envDuration, envInt, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvRow, type EnvTable, type ProcessEnv } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
 import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 
@@ -13,6 +13,25 @@ export const DEFAULT_UPSTREAM_TIMEOUT_S = 5
 export const DEFAULT_CATALOG_REFRESH_S = 60
 
 export const SERVICE_PORT_VARS: Record<ServiceKind, string> = { user: 'USER_SERVICE_PORT', order: 'ORDER_SERVICE_PORT', product: 'PRODUCT_SERVICE_PORT' }
+
+/** Every variable the example services read themselves (serviceConfigFromEnv); `--help` and docs/configuration.md list these. */
+export const SERVICE_ENV: EnvTable = [
+  ['SERVICE_HOST', DEFAULT_HOST, 'listen address of the service'],
+  ...SERVICE_KINDS.map((k): EnvRow => [SERVICE_PORT_VARS[k], String(DEFAULT_PORTS[k]), `${k}-service port`]),
+  ['USER_SERVICE_URL', 'http://<SERVICE_HOST>:<USER_SERVICE_PORT>', 'where order-service calls user-service'],
+  ['PRODUCT_SERVICE_URL', 'http://<SERVICE_HOST>:<PRODUCT_SERVICE_PORT>', 'where order-service calls product-service'],
+  ['AUTH_ISSUER', DEFAULT_ISSUER, 'the one trusted token issuer (`iss`)'],
+  ['AUTH_AUDIENCE', DEFAULT_AUDIENCE, 'accepted audience(s), comma-separated'],
+  ['AUTH_JWKS_URL', '<AUTH_ISSUER>/.well-known/jwks.json', 'the issuer\'s JWKS'],
+  ['AUTH_TOKEN_URL', '<AUTH_ISSUER>/oauth/token', 'token endpoint for the service\'s own client-credentials token'],
+  ['SERVICE_CLIENT_ID', 'unset', 'the service\'s own client (portcullis clients add); needed for calls made outside a request'],
+  ['SERVICE_CLIENT_SECRET', 'unset', 'its secret (set together with SERVICE_CLIENT_ID)'],
+  ['SERVICE_UPSTREAM_TIMEOUT', durationText(DEFAULT_UPSTREAM_TIMEOUT_S), 'deadline of one call to another service; past it the caller gets a 504'],
+  ['ORDER_CATALOG_REFRESH', durationText(DEFAULT_CATALOG_REFRESH_S), 'order-service background catalog refresh period (with its own token), 0 = off']
+]
+
+/** Everything `portcullis services <kind>` reads: SERVICE_ENV, then the JWKS verifier settings and the log level. */
+export const SERVICE_PROCESS_ENV: ProcessEnv = { own: SERVICE_ENV, shared: [JWKS_ENV, LOG_ENV] }
 
 export interface ServiceConfig {
   kind: ServiceKind
@@ -66,24 +85,6 @@ export function serviceConfigFromEnv (kind: ServiceKind, env: Env): ServiceConfi
     productServiceUrl: url(env, 'PRODUCT_SERVICE_URL', local('product')),
     catalogRefresh: envDuration(env, 'ORDER_CATALOG_REFRESH', DEFAULT_CATALOG_REFRESH_S),
     jwks: jwksOptionsFromEnv(env),
-    logLevel: envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info')
+    logLevel: logLevelFromEnv(env)
   }
 }
-
-export const SERVICE_ENV_HELP = `Environment:
-  SERVICE_HOST               listen address (default ${DEFAULT_HOST})
-  USER_SERVICE_PORT          user-service port (default 3001)
-  ORDER_SERVICE_PORT         order-service port (default 3002)
-  PRODUCT_SERVICE_PORT       product-service port (default 3003)
-  USER_SERVICE_URL           where order-service finds user-service (default http://<host>:<USER_SERVICE_PORT>)
-  PRODUCT_SERVICE_URL        where order-service finds product-service (default http://<host>:<PRODUCT_SERVICE_PORT>)
-  AUTH_ISSUER                trusted token issuer (default ${DEFAULT_ISSUER})
-  AUTH_AUDIENCE              accepted audience(s), comma-separated (default ${DEFAULT_AUDIENCE})
-  AUTH_JWKS_URL              issuer's JWKS (default <AUTH_ISSUER>/.well-known/jwks.json)
-  AUTH_TOKEN_URL             token endpoint for the service's own token (default <AUTH_ISSUER>/oauth/token)
-  SERVICE_CLIENT_ID          the service's client id (optional; needed for background calls)
-  SERVICE_CLIENT_SECRET      its secret (set together with SERVICE_CLIENT_ID)
-  SERVICE_UPSTREAM_TIMEOUT   deadline of one call to another service (default 5s)
-  ORDER_CATALOG_REFRESH      order-service background catalog refresh period, 0 = off (default 60s)
-${JWKS_ENV.map(([n, d, m]) => `  ${n.padEnd(26)} ${m} (default ${d})`).join('\n')}
-  LOG_LEVEL                  pino log level (default info)`

@@ -1,8 +1,9 @@
 import closeWithGrace from 'close-with-grace'
+import { envHelp } from '../lib/env.js'
 import { UsageError } from '../lib/errors.js'
 import { listenOn } from '../lib/listen.js'
 import { buildService } from './bootstrap.js'
-import { SERVICE_ENV_HELP, SERVICE_KINDS, SERVICE_PORT_VARS, serviceConfigFromEnv, type ServiceKind } from './config.js'
+import { SERVICE_KINDS, SERVICE_PROCESS_ENV, SERVICE_PORT_VARS, serviceConfigFromEnv, type ServiceKind } from './config.js'
 
 export const help = `Usage: portcullis services <user|order|product>
 
@@ -14,7 +15,7 @@ Their data lives in memory: they show how a real service plugs in.
   order    GET /orders, GET /orders/:id, POST /orders (order:create)                  default port 3002
   product  GET /products, GET /products/:id, POST /products (product:write)          default port 3003
 
-${SERVICE_ENV_HELP}`
+${envHelp(SERVICE_PROCESS_ENV)}`
 
 export async function run (argv: string[]): Promise<number> {
   const kind = argv[0]

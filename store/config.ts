@@ -1,10 +1,20 @@
 import { existsSync, mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { envString, envUrl, type Env } from '../lib/env.js'
+import { envString, envUrl, type Env, type EnvGroup } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
 import type { DbOptions } from './db.js'
 
 export const DEFAULT_DATA_DIR = './data'
+
+/** The store settings, read by every process that keeps state (dbOptionsFromEnv). */
+export const STORE_ENV: EnvGroup = {
+  title: 'store',
+  rows: [
+    ['DATABASE_URL', 'unset', 'postgres:// URL to use PostgreSQL; unset uses the embedded SQLite file in PORTCULLIS_DATA_DIR'],
+    ['DATABASE_SCHEMA', 'unset', 'PostgreSQL schema to use, a lower-case SQL identifier (created if missing; unset: the connection\'s search_path)'],
+    ['PORTCULLIS_DATA_DIR', DEFAULT_DATA_DIR, 'folder of the SQLite file (portcullis.db) and of the generated local key secret; created 0700']
+  ]
+}
 
 /**
  * Store settings shared by every process:

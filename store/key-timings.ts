@@ -1,4 +1,5 @@
-import { envDuration, type Env } from '../lib/env.js'
+import { durationText, envDuration, type Env, type EnvGroup } from '../lib/env.js'
+import { CLOCK_SKEW_ENV } from '../lib/jwks-env.js'
 import { ConfigError } from '../lib/errors.js'
 import { DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL } from '@portcullis/jwks-auth'
 
@@ -45,6 +46,23 @@ export const KEY_TIMING_ENV: Readonly<Record<keyof KeyTimings, string>> = Object
   retireWindow: 'KEY_RETIRE_WINDOW',
   period: 'KEY_ROTATION_PERIOD'
 })
+
+/**
+ * The key-lifecycle timings as env variables, with the rules validateKeyTimings enforces: read by the
+ * rotation worker, `portcullis keys` and the auth service. CLOCK_SKEW is the verifiers' row (one variable).
+ */
+export const KEY_TIMINGS_ENV: EnvGroup = {
+  title: 'key timings',
+  rows: [
+    [KEY_TIMING_ENV.accessTokenTtl, durationText(DEFAULT_KEY_TIMINGS.accessTokenTtl), '`T`: longest access-token lifetime (the auth service issues tokens with it)'],
+    CLOCK_SKEW_ENV,
+    [KEY_TIMING_ENV.verifierCacheMax, durationText(DEFAULT_KEY_TIMINGS.verifierCacheMax), '`C`: longest time any verifier caches the JWKS'],
+    [KEY_TIMING_ENV.signerPropagation, durationText(DEFAULT_KEY_TIMINGS.signerPropagation), '`P`: time for every signer to notice a new active key'],
+    [KEY_TIMING_ENV.prePublish, durationText(DEFAULT_KEY_TIMINGS.prePublish), 'how long a new key is published before it signs; >= VERIFIER_CACHE_MAX + CLOCK_SKEW + SIGNER_PROPAGATION'],
+    [KEY_TIMING_ENV.retireWindow, durationText(DEFAULT_KEY_TIMINGS.retireWindow), 'how long a retired key stays published; >= SIGNER_PROPAGATION + ACCESS_TOKEN_TTL + CLOCK_SKEW + VERIFIER_CACHE_MAX (raising ACCESS_TOKEN_TTL may need a longer KEY_RETIRE_WINDOW)'],
+    [KEY_TIMING_ENV.period, durationText(DEFAULT_KEY_TIMINGS.period), '`R`: how long a key signs before the next one takes over; longer than KEY_PREPUBLISH']
+  ]
+}
 
 /** Smallest safe pre-publish window: every verifier cache has expired, with skew and propagation. */
 export function minPrePublish (t: KeyTimings): number {

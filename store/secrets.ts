@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { envList, type Env } from '../lib/env.js'
+import { envList, type Env, type EnvGroup } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
 import { makeDataDir } from './config.js'
 import { keySecretsFromList, MIN_SECRET_LENGTH, type KeySecrets } from './crypto.js'
@@ -13,6 +13,14 @@ export type { KeySecrets } from './crypto.js'
 export const KEY_SECRETS_ENV = 'PORTCULLIS_KEY_SECRETS'
 /** File (under the data folder) holding the generated local secret when the env var is unset. */
 export const LOCAL_SECRET_FILE = 'key-secret'
+
+/** The key-encryption secrets, read by every process that opens the signing keys (loadKeySecrets). */
+export const SECRETS_ENV: EnvGroup = {
+  title: 'key-encryption secrets',
+  rows: [
+    [KEY_SECRETS_ENV, 'unset', `key-encryption secrets, comma list, each at least ${MIN_SECRET_LENGTH} characters (openssl rand -base64 32): the first encrypts, all decrypt; unset (local use only): a secret is generated once into <PORTCULLIS_DATA_DIR>/${LOCAL_SECRET_FILE} (mode 0600), with a warning`]
+  ]
+}
 
 function checkSecrets (list: readonly string[], where: string): void {
   list.forEach((s, i) => {

@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import rateLimitPlugin from '@portcullis/rate-limit'
+import { clientKey } from '../plugins/rate-limit/src/ip.js'
 import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
@@ -106,4 +107,21 @@ t.test('plugin: a groupId given two different budgets is refused at boot, naming
   t.equal(r.headers['ratelimit-limit'], '5', 'the same budget under one groupId is shared')
   await app.inject({ url: '/a' })
   t.equal((await app.inject({ url: '/c' })).headers['ratelimit-remaining'], '2', '/a and /c count against one budget')
+})
+
+t.test('client keys: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 by /64 network', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['203.0.113.7', '203.0.113.7'],
+    ['::ffff:203.0.113.7', '203.0.113.7'],
+    ['::FFFF:cb00:7107', '203.0.113.7'],
+    ['2001:db8:1:2:3:4:5:6', '2001:db8:1:2::/64'],
+    ['2001:db8:1:2::99', '2001:db8:1:2::/64'],
+    ['2001:0DB8:0001:0002:ffff:ffff:ffff:ffff', '2001:db8:1:2::/64'],
+    ['fe80::1%eth0', 'fe80:0:0:0::/64'],
+    ['::1', '0:0:0:0::/64'],
+    ['2001:db8::', '2001:db8:0:0::/64'],
+    ['64:ff9b::192.0.2.33', '64:ff9b:0:0::/64']
+  ]
+  for (const [ip, key] of cases) t.equal(clientKey(ip), key, ip)
+  t.not(clientKey('2001:db8:1:2::1'), clientKey('2001:db8:1:3::1'), 'another /64 is another client')
 })

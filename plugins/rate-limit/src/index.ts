@@ -1,14 +1,12 @@
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
-import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { hookList } from '@portcullis/core'
 import { promClient, type Registry } from '@portcullis/metrics'
 import { MemoryStore, RedisStore, type RateLimitStore, type RedisClient } from './stores.js'
 import { createRedisClient } from './redis.js'
+import { clientKey } from './ip.js'
 
-// carries @fastify/rate-limit's typing of route `config.rateLimit` into this package's types
-export type { RateLimitOptions } from '@fastify/rate-limit'
 export { MemoryStore, RedisStore, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
 export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
@@ -47,8 +45,25 @@ interface Limiter { label: string, max: number, timeWindow: number }
 const kCounted = Symbol('portcullis.rateLimit.counted')
 /** The budget name a route config carries once onRoute gave it a limiter. */
 const kBudget = Symbol('portcullis.rateLimit.budget')
+/** A route's own budget: `config: { rateLimit: RouteRateLimit | false }`. */
+export interface RouteRateLimit {
+  /** Requests per window. @defaultValue the plugin's `max` */
+  max?: number
+  /** Window in milliseconds. @defaultValue the plugin's `timeWindow` */
+  timeWindow?: number
+  /** Routes giving one groupId share one budget (and must give the same max and timeWindow). @defaultValue the route's URL */
+  groupId?: string
+}
+
 declare module 'fastify' {
   interface FastifyRequest { [kCounted]?: boolean }
+  interface FastifyContextConfig {
+    /**
+     * This route's budget, or `false` for none. Absent: the plugin's default budget (`global`).
+     * Do not register @fastify/rate-limit in the same app: it reads the same setting.
+     */
+    rateLimit?: RouteRateLimit | false
+  }
 }
 
 function counter (registry: Registry | undefined, name: string, help: string, labelNames: string[]): promClient.Counter<string> | undefined {
@@ -59,7 +74,7 @@ function counter (registry: Registry | undefined, name: string, help: string, la
 }
 
 /**
- * Rate limiting on @fastify/rate-limit's stores. Key = the verified token's `sub` when
+ * Rate limiting with fixed windows in memory or Redis (stores.ts). Key = the verified token's `sub` when
  * `request.user` is set, else the client IP (IPv6 grouped by /64); the check is a route-level
  * preHandler, so it runs after whichever instance hook authenticates. A request refused with 401
  * before the check is counted against its IP afterwards, and an IP over budget is refused (429)
@@ -139,7 +154,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
 
   const guard: onRequestHookHandler = function rateLimitGuard (request, reply, done) {
     if (blocked.size === 0) { done(); return }
-    const ip = normalizeIP(request.ip)
+    const ip = clientKey(request.ip)
     const until = blocked.get(ip)
     const left = until === undefined ? 0 : until - Date.now()
     if (left <= 0) {
@@ -184,7 +199,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     hit(limiter, request, (err, current, ttl) => {
       if (err === null && current > limiter.max) {
         if (blocked.size >= BLOCKED_MAX) blocked.delete(blocked.keys().next().value!)
-        blocked.set(normalizeIP(request.ip), Date.now() + ttl)
+        blocked.set(clientKey(request.ip), Date.now() + ttl)
       }
     })
     done()
@@ -228,7 +243,7 @@ function validateOptions (opts: RateLimitPluginOptions): void {
 /** `s:<sub>` for a verified caller, else `ip:<client ip>` (IPv6 grouped by /64). */
 function identityKey (request: FastifyRequest): string {
   const user = (request as { user?: { sub?: unknown } | null }).user
-  return user !== null && user !== undefined && typeof user.sub === 'string' ? `s:${user.sub}` : `ip:${normalizeIP(request.ip)}`
+  return user !== null && user !== undefined && typeof user.sub === 'string' ? `s:${user.sub}` : `ip:${clientKey(request.ip)}`
 }
 
 export default fp(rateLimit, { fastify: '5.x', name: 'portcullis-rate-limit' })
