@@ -60,7 +60,7 @@ t.test('keys rotate several times under a steady stream of fresh tokens: no 401,
     body: JSON.stringify(body)
   })
 
-  // A service client: a new client-credentials token for every request.
+  // A service client: a new client-credentials token for every round of requests.
   const serviceWorker = async (): Promise<void> => {
     while (!done()) {
       const res = await fetch(`${u.auth}/oauth/token`, {
@@ -71,7 +71,8 @@ t.test('keys rotate several times under a steady stream of fresh tokens: no 401,
       const tok = res.status === 200 ? ((await res.json()) as { access_token: string }).access_token : undefined
       record('token', res.status, undefined)
       if (tok === undefined) continue
-      for (const path of ['/api/orders', '/api/products']) {
+      // the client's scope (products:read) reads products; orders need order:read, which it lacks
+      for (const path of ['/api/products', '/api/products/p-1']) {
         const r = await fetch(`${u.gateway}${path}`, { headers: { authorization: `Bearer ${tok}` } })
         await r.arrayBuffer()
         record(`GET ${path}`, r.status, tok)
