@@ -29,7 +29,7 @@ export const STACK_PROCESS_ENV: ProcessEnv = { own: STACK_ENV, shared: [STORE_EN
  * table (AUTH_ENV, GATEWAY_ENV, ROTATION_ENV, SERVICE_ENV).
  */
 export const STACK_CHILD_ENV: ReadonlyArray<readonly [names: readonly string[], use: string]> = [
-  [['AUTH_HOST', 'AUTH_PORT', 'AUTH_ADMIN_PORT', 'GATEWAY_HOST', 'GATEWAY_PORT', 'GATEWAY_ADMIN_PORT', 'ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 'SERVICE_HOST', 'USER_SERVICE_PORT', 'ORDER_SERVICE_PORT', 'PRODUCT_SERVICE_PORT'],
+  [['AUTH_HOST', 'AUTH_PORT', 'AUTH_ADMIN_PORT', 'GATEWAY_HOST', 'GATEWAY_PORT', 'GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 'ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 'SERVICE_HOST', 'USER_SERVICE_PORT', 'ORDER_SERVICE_PORT', 'PRODUCT_SERVICE_PORT'],
     'where the stack waits for each child and the URLs it prints; all checked free before anything starts (0, any free port, is refused)'],
   [['AUTH_ISSUER'], 'unset: http://AUTH_HOST:AUTH_PORT; passed to every child and named in the generated route file'],
   [['AUTH_AUDIENCE'], 'its first entry is the audience of the generated route file'],
@@ -83,13 +83,13 @@ function parseFlags (argv: string[]): StackFlags {
 }
 
 /** Where each child will listen, by port setting: host and port (defaults as the children have them). */
-function listeners (env: Env): Map<string, { host: string, port: number }> {
+export function listeners (env: Env): Map<string, { host: string, port: number }> {
   const at = (hostVar: string, portVar: string, def: number): [string, { host: string, port: number }] =>
     [portVar, { host: envString(env, hostVar, '127.0.0.1'), port: envInt(env, portVar, def, { min: 1, max: 65535 }) }]
   return new Map([
     at('ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 9464), at('AUTH_HOST', 'AUTH_PORT', 3000), at('AUTH_HOST', 'AUTH_ADMIN_PORT', 9091),
     at('SERVICE_HOST', 'USER_SERVICE_PORT', 3001), at('SERVICE_HOST', 'PRODUCT_SERVICE_PORT', 3003), at('SERVICE_HOST', 'ORDER_SERVICE_PORT', 3002),
-    at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_HOST', 'GATEWAY_ADMIN_PORT', 9090)
+    at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 9090)
   ])
 }
 

@@ -35,8 +35,9 @@ const timeouts = {
 } as const
 
 /**
- * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The README's
- * "Route file" section documents the same fields; keep them in step.
+ * JSON Schema (draft-07, checked with Ajv at boot) of the gateway route file. The route-file
+ * section of docs/configuration.md is generated from it (scripts/config-docs.ts refuses a key it
+ * does not document).
  */
 export const ROUTE_FILE_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',

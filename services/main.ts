@@ -12,7 +12,7 @@ rights; order-service calls user-service and product-service with the caller's t
 Their data lives in memory: they show how a real service plugs in.
 
   user     GET /users/me, GET /users/:id (self or admin), GET /users (admin)          default port 3001
-  order    GET /orders, GET /orders/:id, POST /orders (order:create)                  default port 3002
+  order    GET /orders, GET /orders/:id (order:read), POST /orders (order:create)     default port 3002
   product  GET /products, GET /products/:id, POST /products (product:write)          default port 3003
 
 ${envHelp(SERVICE_PROCESS_ENV)}`

@@ -4,7 +4,7 @@ import { ConfigError } from '../lib/errors.js'
 import { DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL } from '@portcullis/jwks-auth'
 
 /**
- * The timings of the key lifecycle, in seconds (DESIGN.md, Key lifecycle). Shared by the rotation
+ * The timings of the key lifecycle, in seconds (docs/design.md, Key lifecycle). Shared by the rotation
  * worker (when to pre-publish, activate, prune) and the auth service (token lifetime, skew, JWKS
  * Cache-Control).
  */
@@ -75,7 +75,7 @@ export function minRetireWindow (t: KeyTimings): number {
 }
 
 /**
- * Checks the DESIGN rules and throws a ConfigError naming the setting and the rule it breaks.
+ * Checks the lifecycle rules of docs/design.md and throws a ConfigError naming the setting and the rule it breaks.
  * Also used for timings built in code (tests), so the same rules hold everywhere.
  */
 export function validateKeyTimings (t: KeyTimings): KeyTimings {

@@ -9,7 +9,7 @@ for (const backend of await testBackends()) {
     t.teardown(async () => { await f.service.close(); await b.cleanup() })
     const { app, admin } = f.service
 
-    await t.test('JWKS: public members only, Cache-Control within the DESIGN rule, ETag and 304', async (t) => {
+    await t.test('JWKS: public members only, Cache-Control within the pre-publish rule, ETag and 304', async (t) => {
       const res = await app.inject({ url: '/.well-known/jwks.json' })
       t.equal(res.statusCode, 200)
       t.match(res.headers['content-type'], /^application\/json/)

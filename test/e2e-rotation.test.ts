@@ -4,7 +4,7 @@ import t from 'tap'
 import { gone, headerOf, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
 
 /**
- * Short timings that still obey the DESIGN rules (the rotation worker refuses any that do not):
+ * Short timings that still obey the lifecycle rules (docs/design.md) (the rotation worker refuses any that do not):
  * T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=3s (auth re-reads
  * the active key every 0.5s and refuses to sign with a view older than P); pre-publish 8s >= C+S+P =
  * 6s; retire window 18s >= P+T+S+C = 16s; a new key every 9s, the worker ticking every second. The

@@ -4,7 +4,7 @@ import { createServer, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { parseGatewayConfig } from '../gateway/config.js'
-import { run as runStack } from '../cli/stack.js'
+import { listeners, run as runStack } from '../cli/stack.js'
 import { parseCommandArgs } from '../cli/users.js'
 import { prettyLine } from '../cli/stack/children.js'
 import { DEMO_FILE, DEMO_USERS, seedDemo } from '../cli/stack/demo.js'
@@ -112,4 +112,12 @@ t.test('bad commands and settings fail with one clear message', async (t) => {
   t.throws(() => serviceConfigFromEnv('user', { LOG_LEVEL: 'loud' }), { message: /LOG_LEVEL/ })
   const ok = serviceConfigFromEnv('order', { AUTH_ISSUER: 'http://auth.local:4000/', SERVICE_HOST: '0.0.0.0' })
   t.match(ok, { port: 3002, issuer: 'http://auth.local:4000', jwksUri: 'http://auth.local:4000/.well-known/jwks.json', tokenUrl: 'http://auth.local:4000/oauth/token', userServiceUrl: 'http://127.0.0.1:3001', upstreamTimeout: 5000, client: undefined })
+})
+
+t.test('the stack waits for the gateway admin listener where GATEWAY_ADMIN_HOST puts it (it probed GATEWAY_HOST)', async (t) => {
+  const at = listeners({ GATEWAY_HOST: '0.0.0.0', GATEWAY_ADMIN_HOST: '127.0.0.2', GATEWAY_ADMIN_PORT: '9190' })
+  t.same(at.get('GATEWAY_ADMIN_PORT'), { host: '127.0.0.2', port: 9190 })
+  t.same(at.get('GATEWAY_PORT'), { host: '0.0.0.0', port: 8080 })
+  t.same(listeners({ GATEWAY_HOST: '0.0.0.0' }).get('GATEWAY_ADMIN_PORT'), { host: '127.0.0.1', port: 9090 },
+    'unset, the admin listener stays on the gateway\'s default admin host, as the gateway does')
 })
