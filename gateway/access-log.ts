@@ -4,6 +4,18 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 /** Marks a pino logger made by `gatewayLogger`: default formatting, so the access line can be written directly. */
 export const kPlainFormat = Symbol('portcullis.plainFormat')
 
+/**
+ * The client address, taken when the request starts (the gateway's onRequest hook): by the time the
+ * access line is written the client may have closed its connection, and Node then no longer links
+ * the request to its socket (`request.ip` is undefined). Undefined for requests that never went
+ * through the hook (the line then reads `request.ip`).
+ */
+export const kClientIp = Symbol('portcullis.clientIp')
+declare module 'fastify' {
+  interface FastifyRequest { [kClientIp]?: string | undefined }
+}
+const ipOf = (request: FastifyRequest): string | undefined => request[kClientIp] ?? request.ip
+
 const { chindingsSym, streamSym } = pino.symbols
 
 /** The fields of the access line (one per request), in the order they are written. */
@@ -25,7 +37,7 @@ export function accessFields (request: FastifyRequest, reply: FastifyReply): Acc
     statusCode: reply.statusCode,
     responseTime: Math.round(reply.elapsedTime * 1000) / 1000,
     sub: request.user?.sub,
-    ip: request.ip
+    ip: ipOf(request) as string
   }
 }
 
@@ -113,7 +125,7 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   if (!defers(stream)) {
     return (request, reply) => {
       if (!logger.isLevelEnabled('info')) return
-      stream.write(render(Date.now(), request.id, request.method, request.url, request.routeOptions.url, reply.statusCode, reply.elapsedTime, request.user?.sub, request.ip))
+      stream.write(render(Date.now(), request.id, request.method, request.url, request.routeOptions.url, reply.statusCode, reply.elapsedTime, request.user?.sub, ipOf(request)))
     }
   }
   // parallel arrays: one slot per held record, no object per request
@@ -151,7 +163,7 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
     urls[i] = request.url
     routes[i] = request.routeOptions.url
     subs[i] = request.user?.sub
-    ips[i] = request.ip // undefined once the client's socket is gone
+    ips[i] = ipOf(request)
     if (held === HELD_RECORDS) drain()
   }
 }

@@ -7,7 +7,7 @@ import { leanHistogram } from './hot-histogram.js'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
-import { accessLogger, kPlainFormat } from './access-log.js'
+import { accessLogger, kClientIp, kPlainFormat } from './access-log.js'
 import { BatchedDestination } from './log-destination.js'
 import { BadPathError, RouteNotFoundError, type ErrorBody } from './errors.js'
 import { registerRoutes, releaseProbe } from './routes.js'
@@ -136,8 +136,13 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   })
 
   const hsts = opts.tls === undefined ? undefined : `max-age=${opts.hstsMaxAge ?? DEFAULT_HSTS_MAX_AGE}; includeSubDomains`
+  // Declared up front so every request object keeps one shape.
+  app.decorateRequest(kClientIp, undefined)
   // Callback-style hooks: an async hook costs a promise per request on the hot path.
   app.addHook('onRequest', (request, reply, done) => {
+    // taken now: the access line is written after the response, when a client that closed its
+    // connection is no longer linked to the request
+    request[kClientIp] = request.ip
     reply.header('x-request-id', request.id)
     if (hsts !== undefined) reply.header('strict-transport-security', hsts)
     // Dot segments and backslashes are refused outright: the route the router matched is then the

@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap'
 import pino, { type Logger } from 'pino'
 import { spawnSync } from 'node:child_process'
+import { request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -157,4 +159,29 @@ process.exit(0)`
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
   t.equal(r.status, 0, r.stderr)
   t.match(JSON.parse(r.stdout) as Record<string, unknown>, { reqId: 'last-words', statusCode: 204, ip: '10.0.0.1', msg: 'request completed' })
+})
+
+t.test('the access line keeps the client ip when the client closed its connection first (POSTs were logged without one)', async (t) => {
+  const { lines, sink: stream } = logSink()
+  const { gw, issuer } = await accessGateway(t, gatewayLogger('info', stream))
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = gw.app.server.address() as AddressInfo
+  const token = issuer.sign({ sub: 'poster' })
+  for (const [method, path] of [['POST', '/open/x'], ['POST', '/a/x'], ['GET', '/a/x']] as const) {
+    lines.length = 0
+    const body = method === 'POST' ? '{"n":1}' : ''
+    // one request per connection (Connection: close), as `curl -d` sends it: the client's socket is
+    // gone by the time the gateway writes the access line
+    await new Promise<void>((resolve, reject) => {
+      const req = httpRequest({ port, host: '127.0.0.1', method, path, agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': String(body.length), connection: 'close' } }, (res) => {
+        res.resume()
+        res.on('end', () => { req.destroy(); resolve() })
+      })
+      req.on('error', reject)
+      req.end(body)
+    })
+    for (let i = 0; i < 100 && !lines.some((l) => l.msg === 'request completed'); i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    const access = lines.find((l) => l.msg === 'request completed')
+    t.equal(access?.ip, '127.0.0.1', `${method} ${path}: ip in the access line`)
+  }
 })
