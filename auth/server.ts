@@ -1,4 +1,5 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { requestIdOf } from '@portcullis/core'
 import { MemoryStore, RedisStore, createRedisClient, type RateLimitStore } from '@portcullis/rate-limit'
 import { ConfigError } from '../lib/errors.js'
 import { admin } from '@portcullis/metrics'
@@ -87,7 +88,9 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
     ...log,
     bodyLimit: cfg.bodyLimit,
     trustProxy: cfg.trustProxy,
-    requestIdHeader: 'x-request-id',
+    // the caller's request id by the rule every Portcullis process applies (@portcullis/core)
+    requestIdHeader: false,
+    genReqId: (req) => requestIdOf(req.headers),
     return503OnClosing: true,
     // No type coercion: `{"username": 123}` is a 400, not the string "123".
     ajv: { customOptions: { coerceTypes: false } }

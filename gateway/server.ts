@@ -170,7 +170,7 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   if (features.rateLimit && config.rateLimit !== false) {
     await app.register(rateLimit, {
       max: config.rateLimit.max,
-      timeWindow: config.rateLimit.timeWindow * 1000,
+      timeWindow: Math.round(config.rateLimit.timeWindow * 1000),
       redis: opts.redisUrl,
       failClosed: opts.rateLimitFailClosed
     })

@@ -14,7 +14,7 @@ export const JWKS_ENV: EnvGroup = {
     ['JWKS_REFRESH_INTERVAL', durationText(DEFAULT_REFRESH_INTERVAL), 'how often the issuer\'s JWKS is re-fetched in the background (conditional request); keep it well under KEY_PREPUBLISH'],
     ['JWKS_CACHE_TTL', durationText(DEFAULT_KEY_CACHE_TTL), 'how long a fetched JWKS counts as fresh; at most VERIFIER_CACHE_MAX'],
     ['JWKS_KID_MISS_COOLDOWN', durationText(DEFAULT_KID_MISS_COOLDOWN), 'least time between two fetches caused by tokens with an unknown kid'],
-    ['JWKS_TOKEN_CACHE_MAX', String(DEFAULT_TOKEN_CACHE_MAX), 'verified tokens cached per process (~1.3 KB each; 0 disables)'],
+    ['JWKS_TOKEN_CACHE_MAX', String(DEFAULT_TOKEN_CACHE_MAX), 'verified tokens cached per process (~1.2 KB each; 0 disables)'],
     CLOCK_SKEW_ENV
   ]
 }

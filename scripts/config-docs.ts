@@ -146,7 +146,7 @@ export const ROUTE_KEYS: Record<string, { def?: string, meaning?: string }> = {
   'breaker.failureThreshold': { def: code(String(DEFAULT_BREAKER.failureThreshold)), meaning: 'consecutive connection errors / timeouts that open it' },
   'breaker.resetTimeout': { def: code(seconds(DEFAULT_BREAKER.resetTimeout)), meaning: 'how long it stays open before one probe request' },
   routes: { meaning: 'the routes, each a path prefix proxied to an upstream' },
-  'routes[].name': { def: 'the prefix', meaning: 'label in logs and metrics' },
+  'routes[].name': { def: 'the prefix', meaning: 'the `route` label of the route\'s 429s in portcullis_rate_limit_rejections_total; only a label: two routes with one name keep their own budgets' },
   'routes[].prefix': { meaning: 'path prefix, e.g. `/api/users`: matches itself and everything under it, case-sensitively; no `.`/`..` segments, each prefix once' },
   'routes[].upstream': { meaning: '`http(s)://host:port[/path]`; the prefix is replaced by the upstream\'s path' },
   'routes[].rewritePrefix': { def: 'the upstream\'s path', meaning: 'path that replaces the prefix instead' },

@@ -201,7 +201,7 @@ t.test('the shipped example route file sends /auth/login to the auth service\'s 
 })
 
 t.test('two routes sharing a name keep their own rate limits (5 and 50 both answered ratelimit-limit: 5)', async (t) => {
-  const { base } = await start(t, (a, b) => [
+  const { base, gw } = await start(t, (a, b) => [
     { name: 'shared', prefix: '/a', upstream: a.url, auth: false, rateLimit: { max: 5, timeWindow: 60 } },
     { name: 'shared', prefix: '/b', upstream: b.url, auth: false, rateLimit: { max: 50, timeWindow: 60 } }
   ])
@@ -216,4 +216,6 @@ t.test('two routes sharing a name keep their own rate limits (5 and 50 both answ
   const after = await rawRequest(base, '/b/x')
   t.equal(after.status, 200, '/b keeps its own budget')
   t.equal(after.headers['ratelimit-remaining'], '48')
+  const m = (await gw.admin.inject({ url: '/metrics' })).body
+  t.match(m, /portcullis_rate_limit_rejections_total\{route="shared"\} 1/, "the route's name still labels its 429s")
 })

@@ -123,5 +123,6 @@ t.test('client keys: IPv4 as is, IPv4-mapped IPv6 as IPv4, other IPv6 by /64 net
     ['64:ff9b::192.0.2.33', '64:ff9b:0:0::/64']
   ]
   for (const [ip, key] of cases) t.equal(clientKey(ip), key, ip)
+  t.equal(clientKey(undefined), 'unknown', 'no address (a Unix socket): one shared key, not a throw')
   t.not(clientKey('2001:db8:1:2::1'), clientKey('2001:db8:1:3::1'), 'another /64 is another client')
 })

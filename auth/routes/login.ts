@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
-import type { RateLimitStore } from '@portcullis/rate-limit'
+import { clientKey, type RateLimitStore } from '@portcullis/rate-limit'
 import { normalizeUsername } from '../../store/users.js'
 import { issueAccessToken, noStore, type AuthContext } from '../context.js'
 import { InvalidCredentialsError, LimiterUnavailableError, NoSigningKeyError, RateLimitedError } from '../errors.js'
@@ -23,12 +23,12 @@ function countAttempt (store: RateLimitStore, key: string, max: number, window: 
  * per username (known or not, so the limit reveals nothing). Every attempt counts, success included:
  * the counters are atomic increments (one Lua script in Redis), never read-then-write. Counters live
  * in this process (5000 keys, least recently used forgotten first), or in Redis when REDIS_URL is
- * set (shared by every replica; unreachable = 503), under `portcullis-auth-login:ip:<ip>` and
+ * set (shared by every replica; unreachable = 503), under `portcullis-auth-login:ip:<ip, IPv6 by /64>` and
  * `portcullis-auth-login:user:<username>`.
  */
 const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
   const { login: limits } = ctx.config
-  const byIp = (req: FastifyRequest): Promise<Count> => countAttempt(ctx.loginCounters, `ip:${req.ip}`, limits.ipMax, limits.ipWindow)
+  const byIp = (req: FastifyRequest): Promise<Count> => countAttempt(ctx.loginCounters, `ip:${clientKey(req.ip)}`, limits.ipMax, limits.ipWindow)
   const byUser = (req: FastifyRequest<{ Body: LoginBody }>): Promise<Count> =>
     countAttempt(ctx.loginCounters, `user:${normalizeUsername(req.body.username)}`, limits.userMax, limits.userWindow)
 

@@ -1,5 +1,3 @@
-import type {} from 'fastify'
-
 /** `request.user` after a successful verification. Frozen: one object may serve many requests from the cache. */
 export interface VerifiedUser {
   sub: string
@@ -15,11 +13,4 @@ export interface VerifiedUser {
   jti?: string
   /** Every claim of the token, as signed. */
   claims: Record<string, unknown>
-}
-
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** The verified caller; null until authenticated (and on `auth: false` routes). */
-    user: VerifiedUser | null
-  }
 }

@@ -39,6 +39,8 @@ export interface JwksAuthDecorator {
 
 declare module 'fastify' {
   interface FastifyRequest {
+    /** The verified caller; null until authenticated (and on `auth: false` routes). */
+    user: VerifiedUser | null
     /**
      * Authenticates the request if the hook has not (routes with `auth: false`, apps registered with
      * `global: false`) and resolves with the verified user; rejects with the same 401 the hook sends.

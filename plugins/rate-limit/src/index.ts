@@ -3,11 +3,12 @@ import createError from '@fastify/error'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { hookList } from '@portcullis/core'
 import { promClient, type Registry } from '@portcullis/metrics'
-import { MemoryStore, RedisStore, type RateLimitStore, type RedisClient } from './stores.js'
+import { MemoryStore, RedisStore, windowMs, type RateLimitStore, type RedisClient } from './stores.js'
 import { createRedisClient } from './redis.js'
 import { clientKey } from './ip.js'
 
-export { MemoryStore, RedisStore, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
+export { MemoryStore, RedisStore, windowMs, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
+export { clientKey } from './ip.js'
 export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
 export const DEFAULT_MAX = 100
@@ -40,7 +41,7 @@ export interface RateLimitPluginOptions {
 }
 
 /** One budget: its keys are `<label>|<identity>`, so every limiter shares one store. */
-interface Limiter { label: string, max: number, timeWindow: number }
+interface Limiter { label: string, max: number, timeWindow: number, metricLabel: string }
 
 const kCounted = Symbol('portcullis.rateLimit.counted')
 /** The budget name a route config carries once onRoute gave it a limiter. */
@@ -53,6 +54,8 @@ export interface RouteRateLimit {
   timeWindow?: number
   /** Routes giving one groupId share one budget (and must give the same max and timeWindow). @defaultValue the route's URL */
   groupId?: string
+  /** The `route` label of `portcullis_rate_limit_rejections_total` for this budget. @defaultValue the groupId */
+  label?: string
 }
 
 declare module 'fastify' {
@@ -80,7 +83,7 @@ function counter (registry: Registry | undefined, name: string, help: string, la
  * before the check is counted against its IP afterwards, and an IP over budget is refused (429)
  * before its next token is even verified: token guessing is rate limited. Headers:
  * `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` on 429.
- * Per route: `config: { rateLimit: { max, timeWindow (ms), groupId? } | false }`.
+ * Per route: `config: { rateLimit: { max, timeWindow (ms), groupId?, label? } | false }`.
  */
 const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) => {
   validateOptions(opts)
@@ -135,10 +138,10 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
 
   const limiters = new Map<string, Limiter>()
   /** The budget named `label`; one label with two different budgets is refused (it would silently keep the first). */
-  const limiterFor = (label: string, max: number, timeWindow: number, route?: string): Limiter => {
+  const limiterFor = (label: string, max: number, timeWindow: number, route?: string, metricLabel = label): Limiter => {
     let l = limiters.get(label)
     if (l === undefined) {
-      l = { label, max, timeWindow }
+      l = { label, max, timeWindow, metricLabel }
       limiters.set(label, l)
     } else if (l.max !== max || l.timeWindow !== timeWindow) {
       throw new Error(`route ${route ?? label}: config.rateLimit.groupId "${label}" is already a budget of max ${l.max} per ${l.timeWindow} ms; ` +
@@ -146,7 +149,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     }
     return l
   }
-  const globalLimiter = limiterFor('*', opts.max ?? DEFAULT_MAX, opts.timeWindow ?? DEFAULT_TIME_WINDOW)
+  const globalLimiter = limiterFor('*', opts.max ?? DEFAULT_MAX, windowMs(opts.timeWindow ?? DEFAULT_TIME_WINDOW))
 
   // IPs whose budget was used up by 401s, until when (epoch ms). Local to this process: each
   // replica learns it from the shared counter on the first 401 it sees past the limit.
@@ -185,7 +188,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
         done()
         return
       }
-      rejections?.inc({ route: limiter.label })
+      rejections?.inc({ route: limiter.metricLabel })
       reply.header('retry-after', reset)
       done(new RateLimitedError(String(reset)))
     })
@@ -213,17 +216,18 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     if (cfg !== undefined) {
       const max = cfg.max ?? globalLimiter.max
       const timeWindow = cfg.timeWindow ?? globalLimiter.timeWindow
-      if (typeof max !== 'number' || !Number.isInteger(max) || max < 0 || typeof timeWindow !== 'number' || !(timeWindow > 0)) {
+      if (typeof max !== 'number' || !Number.isInteger(max) || max < 0 || typeof timeWindow !== 'number' || !(timeWindow > 0) || !Number.isFinite(timeWindow)) {
         throw new Error(`route ${route.url}: config.rateLimit needs an integer max >= 0 and a timeWindow in ms > 0`)
       }
-      limiter = limiterFor(cfg.groupId ?? route.url, max, timeWindow, route.url)
+      const group = cfg.groupId ?? route.url
+      limiter = limiterFor(group, max, windowMs(timeWindow), route.url, cfg.label ?? group)
     }
     // Route-level hooks run after every instance-level hook of the same kind, so the check sees
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own
     // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...hookList(route.preHandler)]
     route.onError = [...hookList(route.onError), count401(limiter)]
-    route.config = { ...route.config, [kBudget]: limiter.label } as typeof route.config
+    route.config = { ...route.config, [kBudget]: limiter.metricLabel } as typeof route.config
   })
 }
 

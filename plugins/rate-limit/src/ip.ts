@@ -18,9 +18,11 @@ function groups (ip: string): number[] {
 /**
  * The rate-limit identity of a client address: an IPv4 address as it is, an IPv4-mapped IPv6
  * address as its IPv4 form, and any other IPv6 address as its /64 network (one host usually holds
- * a whole /64, so per-address budgets would be free to multiply).
+ * a whole /64, so per-address budgets would be free to multiply). `unknown` without an address.
  */
-export function clientKey (ip: string): string {
+export function clientKey (ip: string | undefined): string {
+  // no address (a Unix-socket listener, a request whose socket is gone): one shared budget
+  if (ip === undefined || ip === '') return 'unknown'
   if (!isIPv6(ip)) return ip.toLowerCase()
   const g = groups(ip)
   if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) {

@@ -20,6 +20,11 @@ export interface RateLimitStore {
   incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void
 }
 
+/** A window as the whole number of milliseconds Redis accepts (at least 1). */
+export function windowMs (timeWindow: number): number {
+  return Math.max(1, Math.round(timeWindow))
+}
+
 /** In-process counts, the least recently hit keys dropped beyond `maxKeys` (one process's view only). */
 export class MemoryStore implements RateLimitStore {
   #keys = new Map<string, { count: number, start: number }>()
@@ -34,11 +39,13 @@ export class MemoryStore implements RateLimitStore {
   incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
     const now = this.#now()
     let e = this.#keys.get(key)
-    if (e === undefined || e.start + timeWindow <= now) {
-      e = { count: 0, start: now }
-      if (this.#keys.size >= this.#max) this.#keys.delete(this.#keys.keys().next().value!)
-    } else {
+    if (e !== undefined) {
       this.#keys.delete(key) // re-inserted below: Map order is recency order
+      if (e.start + timeWindow <= now) e = { count: 0, start: now } // its window is over: a new one
+    } else {
+      e = { count: 0, start: now }
+      // only a new key makes room, by forgetting the least recently hit one
+      if (this.#keys.size >= this.#max) this.#keys.delete(this.#keys.keys().next().value!)
     }
     e.count++
     this.#keys.set(key, e)
@@ -78,7 +85,8 @@ export class RedisStore implements RateLimitStore {
 
   incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
     const r = this.#redis as unknown as { portcullisRateLimit: (key: string, ttl: number) => Promise<[number, number]> }
-    r.portcullisRateLimit(this.#prefix + key, timeWindow).then(
+    // PEXPIRE takes whole milliseconds: 1.1h * 1000 is 3960000.0000000005, which Redis refuses
+    r.portcullisRateLimit(this.#prefix + key, windowMs(timeWindow)).then(
       (res) => { cb(null, { current: Number(res[0]), ttl: Number(res[1]) }) },
       (err: Error) => { cb(err) }
     )

@@ -1,0 +1,42 @@
+import { randomUUID } from 'node:crypto'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import { MemoryStore, RedisStore, createRedisClient, type Hit, type RateLimitStore } from '@portcullis/rate-limit'
+import { TEST_REDIS_URL, redisSkip } from './helpers/redis.js'
+
+const incr = (store: RateLimitStore, key: string, windowMs: number): Promise<Hit> => new Promise((resolve, reject) => {
+  store.incr(key, windowMs, (err, hit) => { if (err !== null || hit === undefined) reject(err ?? new Error('no hit')); else resolve(hit) })
+})
+
+t.test('memory store: a full store forgets the least recently hit key, never a live key because another one\'s window restarts', async (t) => {
+  let now = 1_000_000
+  const store = new MemoryStore(3, () => now)
+  await incr(store, 'b', 10_000)
+  await incr(store, 'b', 10_000)
+  await incr(store, 'a', 1000)
+  await incr(store, 'c', 10_000)
+  now += 1500 // a's window is over, b's and c's are not
+  t.same(await incr(store, 'a', 1000), { current: 1, ttl: 1000 }, "a's window restarts")
+  t.equal((await incr(store, 'b', 10_000)).current, 3, "b kept its count (restarting a's window evicted b, the oldest key)")
+  await incr(store, 'd', 10_000) // a new key in a full store: the least recently hit one (c) goes
+  t.equal((await incr(store, 'a', 1000)).current, 2, 'a was hit recently and stays')
+  t.equal((await incr(store, 'c', 10_000)).current, 1, 'c was forgotten')
+})
+
+t.test('Redis store: a window that is not a whole number of ms still counts and expires (Redis refused it: ERR value is not an integer)', { skip: await redisSkip() }, async (t) => {
+  const redis = await createRedisClient(TEST_REDIS_URL)
+  await redis.connect()
+  const raw = new Redis(TEST_REDIS_URL)
+  t.teardown(async () => { redis.disconnect(); await raw.quit() })
+  const prefix = `portcullis-test-${randomUUID()}:`
+  const store = new RedisStore(redis, prefix)
+  const window = 1.1 * 3600 * 1000 // 3960000.0000000005, what 1.1h * 1000 gives
+  t.not(window, Math.round(window))
+  const first = await incr(store, 'k', window)
+  t.equal(first.current, 1)
+  t.equal(first.ttl, 3960000)
+  t.equal((await incr(store, 'k', window)).current, 2)
+  const pttl = await raw.pttl(`${prefix}k`)
+  t.ok(pttl > 3_900_000 && pttl <= 3_960_000, `the key expires (PTTL ${pttl})`)
+  await raw.del(`${prefix}k`)
+})
