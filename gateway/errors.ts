@@ -11,6 +11,7 @@ export const RouteNotFoundError = createError('PORTCULLIS_NOT_FOUND', 'No route 
 export const BadPathError = createError('PORTCULLIS_BAD_PATH', 'Path contains dot segments, backslashes or malformed escapes', 400)
 export const CircuitOpenError = createError('PORTCULLIS_CIRCUIT_OPEN', 'Upstream service is failing; try again later', 503)
 export const InternalError = createError('PORTCULLIS_INTERNAL', 'Internal gateway error', 500)
+export const GatewayOverloadedError = createError('PORTCULLIS_GATEWAY_OVERLOADED', 'The gateway is out of resources; try again later', 503)
 export const ShuttingDownError = createError('PORTCULLIS_SHUTTING_DOWN', 'Gateway is shutting down', 503)
 
 /** The JSON body of every error response. */

@@ -96,3 +96,25 @@ export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpH
   }
   return out
 }
+
+/**
+ * Hop-by-hop headers of an upstream response (RFC 9110 7.6.1, RFC 9112 9.6): they describe the
+ * gateway's connection to the upstream, never the client's. Dropped with every header the upstream
+ * names in its `Connection`, so the client's own connection is governed by its own request (a
+ * `Connection: close` from the client is honoured) and Node's defaults.
+ */
+const HOP_BY_HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'http2-settings'])
+
+/** The headers the client receives from an upstream response. */
+export function downstreamHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const named = headers.connection
+  const extra = typeof named === 'string' && named !== '' && named.toLowerCase() !== 'keep-alive' && named.toLowerCase() !== 'close'
+    ? new Set(named.toLowerCase().split(',').map((n) => n.trim()))
+    : undefined
+  const out: IncomingHttpHeaders = {}
+  for (const name of Object.keys(headers)) {
+    if (HOP_BY_HOP_RESPONSE.has(name) || extra?.has(name) === true) continue
+    out[name] = headers[name]
+  }
+  return out
+}

@@ -2,8 +2,8 @@ import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { CircuitBreaker, BREAKER_STATE_VALUE } from './breaker.js'
 import { CircuitOpenError } from './errors.js'
-import { upstreamHeaders } from './headers.js'
-import { RETRYABLE_CODES, UpstreamPools, classify, clientError, errorCode } from './upstream.js'
+import { downstreamHeaders, upstreamHeaders } from './headers.js'
+import { RETRYABLE_CODES, UpstreamPools, classify, clientError, countsAgainstBreaker, errorCode } from './upstream.js'
 import { promClient } from '@portcullis/metrics'
 import type { GatewayConfig, RouteConfig } from './config.js'
 
@@ -58,7 +58,7 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
   const registry = app.metricsRegistry
   const upstreamErrors = new promClient.Counter({
     name: 'portcullis_upstream_errors_total',
-    help: 'Failed upstream requests by upstream origin and kind (refused, reset, dns, *_timeout, circuit_open, other)',
+    help: 'Failed upstream requests by upstream origin and kind (refused, reset, dns, *_timeout, circuit_open, local_resources, other)',
     labelNames: ['upstream', 'kind'],
     registers: [registry]
   })
@@ -114,6 +114,7 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
         },
         replyOptions: {
           rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers, request.user),
+          rewriteHeaders: (headers) => downstreamHeaders(headers),
           retryDelay: ({ err, req, attempt }) => {
             const code = errorCode(err)
             const hasBody = req.body !== undefined && req.body !== null && req.body !== ''
@@ -127,7 +128,9 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
           onError: (reply, { error }) => {
             const kind = classify(error)
             upstreamErrors.inc({ upstream: origin, kind })
-            breaker.failure()
+            // The gateway out of file descriptors is no fault of the upstream: it must not open a
+            // healthy upstream's breaker (the probe slot, if taken, is released below).
+            if (countsAgainstBreaker(kind)) breaker.failure()
             if (reply.request[kProbe] !== undefined) reply.request[kProbe] = undefined
             void (reply as FastifyReply).send(clientError(kind, error))
           }

@@ -1,12 +1,12 @@
 import { Pool } from 'undici'
-import { UpstreamTimeoutError, UpstreamUnavailableError } from './errors.js'
+import { GatewayOverloadedError, UpstreamTimeoutError, UpstreamUnavailableError } from './errors.js'
 import type { Timeouts } from './config.js'
 
 export const DEFAULT_POOL_CONNECTIONS = 128
 export const DEFAULT_KEEP_ALIVE = 30_000 // ms
 
 /** Why a request to an upstream failed, as the `kind` label of `portcullis_upstream_errors_total`. */
-export type UpstreamErrorKind = 'refused' | 'reset' | 'dns' | 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'circuit_open' | 'other'
+export type UpstreamErrorKind = 'refused' | 'reset' | 'dns' | 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'circuit_open' | 'local_resources' | 'other'
 
 const KIND_BY_CODE: Record<string, UpstreamErrorKind> = {
   ECONNREFUSED: 'refused',
@@ -19,7 +19,11 @@ const KIND_BY_CODE: Record<string, UpstreamErrorKind> = {
   UND_ERR_CONNECT_TIMEOUT: 'connect_timeout',
   ETIMEDOUT: 'connect_timeout',
   UND_ERR_HEADERS_TIMEOUT: 'headers_timeout',
-  UND_ERR_BODY_TIMEOUT: 'body_timeout'
+  UND_ERR_BODY_TIMEOUT: 'body_timeout',
+  // the gateway's own process or machine out of file descriptors (or memory for sockets)
+  EMFILE: 'local_resources',
+  ENFILE: 'local_resources',
+  ENOBUFS: 'local_resources'
 }
 
 /** Errors on which an idempotent request without a body is sent once more (the request never reached the app). */
@@ -43,8 +47,14 @@ export function classify (err: unknown): UpstreamErrorKind {
   return 'other'
 }
 
-/** The client-facing error for a failed upstream request: 504 for timeouts, 502 otherwise. */
+/** Whether a failed request is the upstream's fault and counts toward opening its breaker. */
+export function countsAgainstBreaker (kind: UpstreamErrorKind): boolean {
+  return kind !== 'local_resources'
+}
+
+/** The client-facing error for a failed upstream request: 504 for timeouts, 503 when the gateway itself is out of resources, 502 otherwise. */
 export function clientError (kind: UpstreamErrorKind, cause: unknown): Error {
+  if (kind === 'local_resources') return new GatewayOverloadedError({ cause })
   return kind.endsWith('_timeout') ? new UpstreamTimeoutError({ cause }) : new UpstreamUnavailableError({ cause })
 }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
+import { classify, clientError, countsAgainstBreaker } from '../gateway/upstream.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 import { freePort } from './helpers/ports.js'
 import { startGatewayProcess } from './helpers/gateway-process.js'
@@ -132,4 +133,19 @@ t.test('SIGTERM drains: an in-flight slow request completes, then the process ex
   t.equal(r.body, '{"slow":"done"}')
   t.equal(await exited, 0, 'clean exit after the drain')
   t.match(gp.output(), /gateway stopped/)
+})
+
+t.test('the gateway out of file descriptors is not an upstream failure: 503 of its own, no breaker count', async (t) => {
+  for (const code of ['EMFILE', 'ENFILE']) {
+    const err = new Error(`connect ${code}`, { cause: Object.assign(new Error(code), { code }) })
+    t.equal(classify(err), 'local_resources', `${code} is the gateway's own`)
+    const answer = clientError('local_resources', err) as Error & { statusCode?: number, code?: string }
+    t.equal(answer.statusCode, 503)
+    t.equal(answer.code, 'PORTCULLIS_GATEWAY_OVERLOADED')
+  }
+  t.equal(classify(Object.assign(new Error('x'), { code: 'ECONNREFUSED' })), 'refused', 'a refused connect stays the upstream\'s')
+  t.equal(countsAgainstBreaker('local_resources'), false)
+  for (const kind of ['refused', 'reset', 'dns', 'connect_timeout', 'headers_timeout', 'body_timeout', 'other'] as const) {
+    t.equal(countsAgainstBreaker(kind), true, `${kind} counts`)
+  }
 })

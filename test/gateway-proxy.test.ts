@@ -1,4 +1,5 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -218,4 +219,37 @@ t.test('two routes sharing a name keep their own rate limits (5 and 50 both answ
   t.equal(after.headers['ratelimit-remaining'], '48')
   const m = (await gw.admin.inject({ url: '/metrics' })).body
   t.match(m, /portcullis_rate_limit_rejections_total\{route="shared"\} 1/, "the route's name still labels its 429s")
+})
+
+t.test("upstream hop-by-hop headers never reach the client, and the client's Connection: close is honoured", async (t) => {
+  const { base, a } = await start(t, publicRoutes)
+  a.handle((_req, res) => {
+    res.setHeader('connection', 'keep-alive, x-upstream-hop')
+    res.setHeader('keep-alive', 'timeout=600')
+    res.setHeader('x-upstream-hop', 'for the gateway only')
+    res.setHeader('proxy-connection', 'keep-alive')
+    res.setHeader('x-kept', 'yes')
+    res.end('ok')
+  })
+  const r = await rawRequest(base, '/a/x')
+  t.equal(r.status, 200)
+  t.equal(r.headers['x-kept'], 'yes', 'end-to-end headers pass')
+  for (const h of ['keep-alive', 'x-upstream-hop', 'proxy-connection']) t.equal(r.headers[h], undefined, `no ${h}`)
+  t.not(r.headers.connection, 'keep-alive, x-upstream-hop', "not the upstream's Connection")
+
+  // a client asking to close gets Connection: close and a closed socket, not the upstream's keep-alive
+  const { port } = new URL(base)
+  const closed = await new Promise<{ head: string, ms: number }>((resolve, reject) => {
+    const started = Date.now()
+    let head = ''
+    const s = connect(Number(port), '127.0.0.1', () => { s.write('GET /a/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n') })
+    s.setEncoding('utf8').on('data', (d: string) => { head += d })
+    s.on('close', () => { resolve({ head, ms: Date.now() - started }) })
+    s.on('error', reject)
+    s.setTimeout(5000, () => { s.destroy(); reject(new Error('the gateway kept the socket open')) })
+  })
+  t.match(closed.head, /^HTTP\/1\.1 200/)
+  t.match(closed.head, /\r\nconnection: close\r\n/i)
+  t.notMatch(closed.head, /keep-alive/i)
+  t.ok(closed.ms < 5000, `socket closed after ${closed.ms} ms`)
 })
