@@ -1,4 +1,5 @@
 import { STATUS_CODES } from 'node:http'
+import type { Duplex } from 'node:stream'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
 import rateLimit from '@portcullis/rate-limit'
@@ -9,7 +10,7 @@ import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
 import { accessLogger, kClientIp, kPlainFormat } from './access-log.js'
 import { BatchedDestination } from './log-destination.js'
-import { BadPathError, RouteNotFoundError, type ErrorBody } from './errors.js'
+import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError, RouteNotFoundError, ShuttingDownError, type ErrorBody } from './errors.js'
 import { registerRoutes, releaseProbe } from './routes.js'
 import type { GatewayConfig } from './config.js'
 
@@ -81,6 +82,26 @@ export function errorBody (err: FastifyError): ErrorBody {
   }
 }
 
+/**
+ * Fastify's `clientErrorHandler`: a request Node's parser refused before any route (oversized
+ * headers, a malformed request line, a request that did not arrive in time) gets the one JSON error
+ * shape with its code, and `Connection: close`, since the socket is closed right after: a
+ * keep-alive client then knows not to send its next request on it.
+ */
+export function clientErrorResponse (err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const e = err.code === 'HPE_HEADER_OVERFLOW'
+    ? new HeadersTooLargeError()
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError()
+  const body = JSON.stringify(errorBody(e as FastifyError))
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  socket.end(`HTTP/1.1 ${e.statusCode} ${STATUS_CODES[e.statusCode!]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => { socket.destroy() })
+}
+
 /** True when the path (before the query) holds dot segments, backslashes or escapes that do not decode. */
 export function isAmbiguousPath (url: string): boolean {
   const q = url.indexOf('?')
@@ -115,7 +136,9 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: genRequestId,
     trustProxy: config.trustProxy as boolean, // Fastify also accepts a hop count; its types omit it
-    return503OnClosing: true,
+    // while closing, the onRequest hook answers 503 in the gateway's own shape (Fastify's has no code)
+    return503OnClosing: false,
+    clientErrorHandler: clientErrorResponse,
     // malformed URLs are refused by the router before any hook: same JSON shape, no echoed URL
     frameworkErrors: (err, _request, reply) => {
       void (reply as FastifyReply).code(400).send(errorBody(err as FastifyError))
@@ -139,7 +162,15 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   // Declared up front so every request object keeps one shape.
   app.decorateRequest(kClientIp, undefined)
   // Callback-style hooks: an async hook costs a promise per request on the hot path.
+  let shuttingDown = false
+  app.addHook('preClose', (done) => { shuttingDown = true; done() })
   app.addHook('onRequest', (request, reply, done) => {
+    if (shuttingDown) {
+      // a request that arrived on a kept-alive connection while the gateway drains: sent elsewhere
+      reply.header('connection', 'close')
+      done(new ShuttingDownError())
+      return
+    }
     // taken now: the access line is written after the response, when a client that closed its
     // connection is no longer linked to the request
     request[kClientIp] = request.ip

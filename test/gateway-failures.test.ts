@@ -1,4 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { STATUS_CODES } from 'node:http'
+import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -148,4 +150,67 @@ t.test('the gateway out of file descriptors is not an upstream failure: 503 of i
   for (const kind of ['refused', 'reset', 'dns', 'connect_timeout', 'headers_timeout', 'body_timeout', 'other'] as const) {
     t.equal(countsAgainstBreaker(kind), true, `${kind} counts`)
   }
+})
+
+/** Sends raw bytes on one connection and returns everything the gateway wrote before closing it. */
+function rawExchange (port: number, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = ''
+    const s = connect(port, '127.0.0.1', () => { s.write(bytes) })
+    s.setEncoding('utf8').on('data', (d: string) => { got += d })
+    s.on('close', () => { resolve(got) })
+    s.on('error', reject)
+    s.setTimeout(5000, () => { s.destroy(); reject(new Error(`the socket stayed open; got ${JSON.stringify(got)}`)) })
+  })
+}
+
+t.test('errors raised before routing (431, malformed request) have the JSON shape with a code and Connection: close', async (t) => {
+  const up = await upstream(t)
+  const gw = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/a', upstream: up.url, auth: false }] }, 'test'), logger: false })
+  t.teardown(() => gw.close())
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = gw.app.server.address() as AddressInfo
+  const cases: Array<[string, number, string]> = [
+    [`GET /a/x HTTP/1.1\r\nHost: gw\r\nX-Big: ${'y'.repeat(20_000)}\r\n\r\n`, 431, 'PORTCULLIS_HEADERS_TOO_LARGE'],
+    ['GET /a/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, 'PORTCULLIS_BAD_REQUEST'],
+    ['NOT-HTTP\r\n\r\n', 400, 'PORTCULLIS_BAD_REQUEST']
+  ]
+  for (const [bytes, status, code] of cases) {
+    const got = await rawExchange(port, bytes)
+    const [head, body] = got.split('\r\n\r\n') as [string, string]
+    t.match(head, new RegExp(`^HTTP/1\\.1 ${status} `), `${status}`)
+    t.match(head, /\r\nconnection: close/i, `${status}: Connection: close, the socket is closed next`)
+    t.same(JSON.parse(body), { statusCode: status, code, error: STATUS_CODES[status], message: JSON.parse(body).message })
+  }
+})
+
+t.test('a request on a kept-alive connection while the gateway closes: 503 in the JSON shape, with Connection: close', async (t) => {
+  const slow = await upstream(t)
+  let release: (() => void) | undefined
+  const arrived = new Promise<void>((resolve) => {
+    slow.handle((_req, res) => { release = () => res.end('done'); resolve() })
+  })
+  const gw = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/a', upstream: slow.url, auth: false }] }, 'test'), logger: false })
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = gw.app.server.address() as AddressInfo
+  // one keep-alive connection: the first request holds the gateway open while it closes
+  const s = connect(port, '127.0.0.1')
+  t.teardown(() => { s.destroy() })
+  let got = ''
+  s.setEncoding('utf8').on('data', (d: string) => { got += d })
+  const second = new Promise<void>((resolve) => { s.on('close', () => resolve()) })
+  s.write('GET /a/one HTTP/1.1\r\nHost: gw\r\n\r\n')
+  await arrived
+  const closed = gw.close()
+  await new Promise((resolve) => setTimeout(resolve, 100)) // let close() begin
+  s.write('GET /a/two HTTP/1.1\r\nHost: gw\r\n\r\n')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  release!()
+  await closed
+  await second
+  const responses = got.split(/(?=HTTP\/1\.1 )/)
+  t.match(responses[0], /^HTTP\/1\.1 200 /, 'the in-flight request completes')
+  t.match(responses[1], /^HTTP\/1\.1 503 /, 'the next one on the same connection is refused')
+  t.match(responses[1], /\r\nconnection: close/i)
+  t.match(responses[1], /"code":"PORTCULLIS_SHUTTING_DOWN"/)
 })
