@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
 import rateLimit from '@portcullis/rate-limit'
 import jwksAuth, { type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
@@ -102,6 +102,33 @@ export function clientErrorResponse (err: NodeJS.ErrnoException, socket: Duplex)
     `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => { socket.destroy() })
 }
 
+/**
+ * Logs expected refusals: one line without a stack, at warn for 5xx and info for 4xx, at most one
+ * line per error code and second; the next line says how many it stands for (`suppressed`). An
+ * upstream outage answered with thousands of 503s a second writes one line a second.
+ */
+function refusalLog (): (request: FastifyRequest, body: ErrorBody, err: FastifyError) => void {
+  const last = new Map<string, { at: number, suppressed: number }>()
+  return (request, body, err) => {
+    const now = Date.now()
+    let seen = last.get(body.code)
+    if (seen === undefined) last.set(body.code, seen = { at: 0, suppressed: 0 })
+    if (now - seen.at < 1000) { seen.suppressed++; return }
+    const suppressed = seen.suppressed
+    seen.at = now
+    seen.suppressed = 0
+    const cause = (err.cause as { code?: unknown, message?: unknown } | undefined)
+    const fields = {
+      code: body.code,
+      status: body.statusCode,
+      ...(typeof cause?.code === 'string' ? { cause: cause.code } : {}),
+      ...(suppressed > 0 ? { suppressed } : {})
+    }
+    if (body.statusCode >= 500) request.log.warn(fields, 'request refused')
+    else request.log.info(fields, 'request refused')
+  }
+}
+
 /** True when the path (before the query) holds dot segments, backslashes or escapes that do not decode. */
 export function isAmbiguousPath (url: string): boolean {
   const q = url.indexOf('?')
@@ -146,12 +173,16 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     ...(opts.tls === undefined ? {} : { https: { cert: opts.tls.cert, key: opts.tls.key } })
   }) as unknown as FastifyInstance
 
+  const refusals = refusalLog()
   app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {
     const body = errorBody(err)
+    const ours = typeof err.code === 'string' && err.code.startsWith('PORTCULLIS_')
     // our plugins attach response headers to their errors (WWW-Authenticate on 401/403)
-    if (err.headers !== undefined && typeof err.code === 'string' && err.code.startsWith('PORTCULLIS_')) reply.headers(err.headers)
-    if (body.statusCode >= 500) request.log.error({ err }, 'request failed')
-    else request.log.info({ code: body.code, status: body.statusCode }, 'request refused')
+    if (err.headers !== undefined && ours) reply.headers(err.headers)
+    // An unexpected failure is an error with its stack; a refusal the gateway means to make (breaker
+    // open, fail-closed, upstream down, 4xx) is one short line, at most one per code and second.
+    if (body.statusCode >= 500 && !ours) request.log.error({ err }, 'request failed')
+    else refusals(request, body, err)
     return reply.code(body.statusCode).type('application/json; charset=utf-8').send(body)
   })
   app.setNotFoundHandler((_request, reply) => {

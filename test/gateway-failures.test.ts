@@ -4,7 +4,8 @@ import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { buildGateway, type Gateway } from '../gateway/server.js'
+import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
+import { logSink } from './helpers/log-sink.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { classify, clientError, countsAgainstBreaker } from '../gateway/upstream.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
@@ -213,4 +214,31 @@ t.test('a request on a kept-alive connection while the gateway closes: 503 in th
   t.match(responses[1], /^HTTP\/1\.1 503 /, 'the next one on the same connection is refused')
   t.match(responses[1], /\r\nconnection: close/i)
   t.match(responses[1], /"code":"PORTCULLIS_SHUTTING_DOWN"/)
+})
+
+t.test('expected refusals log one short line per code and second, without a stack (an outage wrote ~1.1 KB with a stack per request)', async (t) => {
+  const up = await upstream(t)
+  up.handle((_req, res) => { res.socket?.destroy() })
+  const { lines, sink } = logSink()
+  const gw = await buildGateway({
+    config: parseGatewayConfig({ breaker: { failureThreshold: 2, resetTimeout: '60s' }, routes: [{ prefix: '/b', upstream: up.url, auth: false }] }, 'test'),
+    logger: gatewayLogger('info', sink)
+  })
+  t.teardown(() => gw.close())
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `http://127.0.0.1:${(gw.app.server.address() as AddressInfo).port}`
+  const statuses: number[] = []
+  for (let i = 0; i < 50; i++) statuses.push((await rawRequest(base, '/b/x', { method: 'POST' })).status)
+  t.same(statuses.slice(0, 2), [502, 502])
+  t.ok(statuses.slice(2).every((s) => s === 503), 'then the breaker answers')
+  await gw.app.close() // flushes the log destination
+  const refusals = lines.filter((l) => l.msg === 'request refused' || l.msg === 'request failed')
+  t.ok(refusals.length <= 4, `${refusals.length} refusal lines for 50 refused requests (at most one per code and second)`)
+  t.ok(refusals.some((l) => l.code === 'PORTCULLIS_CIRCUIT_OPEN'), 'the breaker refusals are logged')
+  t.ok(refusals.some((l) => l.code === 'PORTCULLIS_UPSTREAM_UNAVAILABLE' && l.cause !== undefined), 'the upstream failure names its cause')
+  for (const l of refusals) {
+    t.equal(l.level, 40, `${String(l.code)} at warn`)
+    t.notOk('err' in l || 'stack' in l, 'no error object or stack')
+    t.ok(JSON.stringify(l).length < 400, 'a short line')
+  }
 })
