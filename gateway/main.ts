@@ -8,6 +8,7 @@ import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
 import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
+import { checkListenerLimits, defaultMaxConnections, DEFAULT_HEADERS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, type ListenerLimits } from './listener.js'
 
 export const DEFAULT_CONFIG_PATH = fileURLToPath(new URL('./routes.example.yaml', import.meta.url))
 export const DEFAULT_SHUTDOWN_GRACE = 30 // seconds
@@ -29,6 +30,11 @@ export const GATEWAY_ENV: EnvTable = [
   ['GATEWAY_TLS_KEY', 'unset', 'PEM private key file (set together with GATEWAY_TLS_CERT)'],
   ['GATEWAY_HSTS_MAX_AGE', durationText(DEFAULT_HSTS_MAX_AGE), 'Strict-Transport-Security max-age under TLS'],
   ['GATEWAY_SHUTDOWN_GRACE', durationText(DEFAULT_SHUTDOWN_GRACE), 'time to drain in-flight requests on SIGTERM/SIGINT before a forced exit'],
+  ['GATEWAY_IDLE_TIMEOUT', durationText(DEFAULT_IDLE_TIMEOUT), 'a public connection with no traffic for this long is closed (0: never); longer than every route\'s timeouts'],
+  ['GATEWAY_KEEP_ALIVE_TIMEOUT', durationText(DEFAULT_KEEP_ALIVE_TIMEOUT), 'an idle keep-alive connection is closed this long after its last response'],
+  ['GATEWAY_HEADERS_TIMEOUT', durationText(DEFAULT_HEADERS_TIMEOUT), 'a request\'s headers must arrive within this (slow-header clients get 408 and are closed)'],
+  ['GATEWAY_REQUEST_TIMEOUT', durationText(DEFAULT_REQUEST_TIMEOUT), 'the whole request, body included, must arrive within this (0: no limit)'],
+  ['GATEWAY_MAX_CONNECTIONS', 'open-file limit - 256', 'public connections at most; more are closed on arrival, so clients never starve the gateway of descriptors for its upstreams'],
   ['GATEWAY_MEMORY_TUNING', 'true', `true: the gateway sets V8's ${MEMORY_TUNING_FLAGS.join(' ')} on itself at start; false keeps V8's default heap sizing`]
 ]
 
@@ -54,6 +60,7 @@ export interface GatewaySettings {
   hstsMaxAge: number
   shutdownGrace: number
   memoryTuning: boolean
+  listener: ListenerLimits
 }
 
 /**
@@ -87,7 +94,14 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       : { cert: read('GATEWAY_TLS_CERT', certPath), key: read('GATEWAY_TLS_KEY', keyPath) },
     hstsMaxAge: envDuration(env, 'GATEWAY_HSTS_MAX_AGE', DEFAULT_HSTS_MAX_AGE, { min: 0 }),
     shutdownGrace: envDuration(env, 'GATEWAY_SHUTDOWN_GRACE', DEFAULT_SHUTDOWN_GRACE, { min: 1 }),
-    memoryTuning: envBool(env, 'GATEWAY_MEMORY_TUNING', true)
+    memoryTuning: envBool(env, 'GATEWAY_MEMORY_TUNING', true),
+    listener: {
+      idleTimeout: envDuration(env, 'GATEWAY_IDLE_TIMEOUT', DEFAULT_IDLE_TIMEOUT, { min: 0 }),
+      keepAliveTimeout: envDuration(env, 'GATEWAY_KEEP_ALIVE_TIMEOUT', DEFAULT_KEEP_ALIVE_TIMEOUT, { min: 0.001 }),
+      headersTimeout: envDuration(env, 'GATEWAY_HEADERS_TIMEOUT', DEFAULT_HEADERS_TIMEOUT, { min: 0.001 }),
+      requestTimeout: envDuration(env, 'GATEWAY_REQUEST_TIMEOUT', DEFAULT_REQUEST_TIMEOUT, { min: 0 }),
+      maxConnections: envInt(env, 'GATEWAY_MAX_CONNECTIONS', defaultMaxConnections(), { min: 1 })
+    }
   }
 }
 
@@ -99,7 +113,9 @@ export function settingsFromEnv (env: Env): GatewaySettings {
 export async function createGateway (s: GatewaySettings, env: Env = process.env, extra: Partial<GatewayOptions> = {}): Promise<{ gw: Gateway, config: GatewayConfig }> {
   if (s.memoryTuning) applyMemoryTuning()
   const config = loadGatewayConfig(s.configPath)
+  checkListenerLimits(s.listener, config)
   const gw = await buildGateway({
+    listener: s.listener,
     config,
     tls: s.tls,
     hstsMaxAge: s.hstsMaxAge,

@@ -5,6 +5,7 @@ import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
 import rateLimit from '@portcullis/rate-limit'
 import jwksAuth, { type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
 import { leanHistogram } from './hot-histogram.js'
+import { defaultListenerLimits, type ListenerLimits } from './listener.js'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
@@ -32,6 +33,8 @@ export interface GatewayOptions {
   now?: () => number
   /** Extra jwks-auth options (cache sizes, timings, clock); `issuers` and `global` come from the route file. */
   auth?: Omit<JwksAuthPluginOptions, 'issuers' | 'global'>
+  /** Public listener timeouts (seconds) and connection cap. @defaultValue defaultListenerLimits() */
+  listener?: ListenerLimits
   /** Switch parts off (benchmarks measure each part's cost). @defaultValue all on */
   features?: { rateLimit?: boolean, metrics?: boolean, auth?: boolean }
 }
@@ -157,7 +160,18 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   const { config } = opts
   const features = { rateLimit: true, metrics: true, auth: true, ...opts.features }
   const logger = opts.logger ?? gatewayLogger()
+  const limits = opts.listener ?? defaultListenerLimits()
+  const nodeLimits = {
+    headersTimeout: limits.headersTimeout * 1000,
+    requestTimeout: limits.requestTimeout * 1000,
+    // Node checks those two timeouts on this interval (30 s by default): often enough to honour them
+    connectionsCheckingInterval: Math.max(100, Math.min(1000, limits.headersTimeout * 500))
+  }
   const app = Fastify({
+    connectionTimeout: limits.idleTimeout * 1000,
+    keepAliveTimeout: limits.keepAliveTimeout * 1000,
+    requestTimeout: limits.requestTimeout * 1000,
+    http: nodeLimits,
     ...(isLogger(logger) ? { loggerInstance: logger } : { logger }),
     // one line per request (below) instead of Fastify's two: logging is the largest per-request cost
     logController: new LogController({ disableRequestLogging: true }),
@@ -170,8 +184,11 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     frameworkErrors: (err, _request, reply) => {
       void (reply as FastifyReply).code(400).send(errorBody(err as FastifyError))
     },
-    ...(opts.tls === undefined ? {} : { https: { cert: opts.tls.cert, key: opts.tls.key } })
+    ...(opts.tls === undefined ? {} : { https: { ...nodeLimits, cert: opts.tls.cert, key: opts.tls.key } })
   }) as unknown as FastifyInstance
+  // Over the cap, Node closes a new connection at once: the descriptors the gateway needs for its
+  // upstreams stay free
+  app.server.maxConnections = limits.maxConnections
 
   const refusals = refusalLog()
   app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {
