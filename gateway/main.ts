@@ -5,6 +5,7 @@ import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenOn } from '../lib/listen.js'
 import { durationText, envBool, envDuration, envHelp, envInt, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvTable, type ProcessEnv } from '../lib/env.js'
 import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
+import { DEFAULT_REDIS_COMMAND_TIMEOUT } from '@portcullis/rate-limit'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
 import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
@@ -26,6 +27,7 @@ export const GATEWAY_ENV: EnvTable = [
   ['GATEWAY_CONFIG', 'gateway/routes.example.yaml', 'the route file, YAML (or JSON when it ends in .json): issuers, routes, rate limits, timeouts'],
   ['REDIS_URL', 'unset', 'redis:// or rediss:// URL: rate-limit counters shared by every gateway replica (unset: in memory, per process)'],
   ['GATEWAY_RATE_LIMIT_FAIL_CLOSED', 'false', 'when the Redis store fails: false lets requests through, true answers 503'],
+  ['GATEWAY_REDIS_COMMAND_TIMEOUT', durationText(DEFAULT_REDIS_COMMAND_TIMEOUT / 1000), 'how long one rate-limit command may take; after 5 failures in a row Redis is bypassed for 5s (the fail-closed policy applies at once), then tried again'],
   ['GATEWAY_TLS_CERT', 'unset', 'PEM certificate file: the public listener serves HTTPS and sends HSTS (unset: HTTP)'],
   ['GATEWAY_TLS_KEY', 'unset', 'PEM private key file (set together with GATEWAY_TLS_CERT)'],
   ['GATEWAY_HSTS_MAX_AGE', durationText(DEFAULT_HSTS_MAX_AGE), 'Strict-Transport-Security max-age under TLS'],
@@ -56,6 +58,8 @@ export interface GatewaySettings {
   configPath: string
   redisUrl?: string
   failClosed: boolean
+  /** Milliseconds. */
+  redisCommandTimeout: number
   tls?: { cert: Buffer, key: Buffer }
   hstsMaxAge: number
   shutdownGrace: number
@@ -89,6 +93,7 @@ export function settingsFromEnv (env: Env): GatewaySettings {
     configPath: envString(env, 'GATEWAY_CONFIG', DEFAULT_CONFIG_PATH),
     redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href,
     failClosed: envBool(env, 'GATEWAY_RATE_LIMIT_FAIL_CLOSED', false),
+    redisCommandTimeout: Math.max(1, Math.round(envDuration(env, 'GATEWAY_REDIS_COMMAND_TIMEOUT', DEFAULT_REDIS_COMMAND_TIMEOUT / 1000, { min: 0.001 }) * 1000)),
     tls: certPath === undefined || keyPath === undefined
       ? undefined
       : { cert: read('GATEWAY_TLS_CERT', certPath), key: read('GATEWAY_TLS_KEY', keyPath) },
@@ -121,6 +126,7 @@ export async function createGateway (s: GatewaySettings, env: Env = process.env,
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
+    redisCommandTimeout: s.redisCommandTimeout,
     auth: jwksOptionsFromEnv(env),
     ...extra
   })

@@ -27,6 +27,8 @@ export interface GatewayOptions {
   redisUrl?: string
   /** Refuse requests (503) instead of letting them through when the Redis store fails. @defaultValue false */
   rateLimitFailClosed?: boolean
+  /** Milliseconds one Redis rate-limit command may take. @defaultValue 50 */
+  redisCommandTimeout?: number
   /** Fastify logger setting, or a ready pino logger. @defaultValue `gatewayLogger()` */
   logger?: FastifyServerOptions['logger'] | Logger
   /** Clock for circuit breakers (tests). @defaultValue Date.now */
@@ -251,11 +253,17 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
       max: config.rateLimit.max,
       timeWindow: Math.round(config.rateLimit.timeWindow * 1000),
       redis: opts.redisUrl,
-      failClosed: opts.rateLimitFailClosed
+      failClosed: opts.rateLimitFailClosed,
+      ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {})
     })
   } else if (features.rateLimit) {
     // no global budget: only routes with their own `rateLimit` are limited
-    await app.register(rateLimit, { global: false, redis: opts.redisUrl, failClosed: opts.rateLimitFailClosed })
+    await app.register(rateLimit, {
+      global: false,
+      redis: opts.redisUrl,
+      failClosed: opts.rateLimitFailClosed,
+      ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {})
+    })
   }
 
   // after the rate limiter: its onRequest guard must refuse an over-budget IP before a token is verified

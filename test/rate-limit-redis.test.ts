@@ -4,6 +4,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { Redis } from 'ioredis'
+import Fastify from 'fastify'
+import { performance } from 'node:perf_hooks'
+import rateLimitPlugin from '@portcullis/rate-limit'
 import { buildGateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
@@ -96,4 +99,47 @@ t.test('fail-closed: Redis unreachable -> 503 in the error shape', { skip }, asy
   }
   t.equal(status, 200, 'recovered once Redis answered')
   t.equal(up.seen.length, 1)
+})
+
+t.test('a hung Redis (SIGSTOP) costs at most the command timeout per request, then nothing; limits come back after it resumes', { skip }, async (t) => {
+  const port = await freePort()
+  const child: ChildProcess = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) { child.kill('SIGCONT'); child.kill('SIGKILL') }
+    await exited
+  })
+  const url = `redis://127.0.0.1:${port}`
+  for (let i = 0; i < 100 && !(await redisReachable(url)); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+  const app = Fastify({ logger: false })
+  await app.register(rateLimitPlugin, { max: 1000, timeWindow: 60_000, redis: url, redisCommandTimeout: 50, storeFailureThreshold: 3, storeRetryAfter: 400 })
+  app.get('/x', async () => 'ok')
+  await app.ready()
+  t.teardown(() => app.close())
+  const timed = async (): Promise<{ ms: number, limited: boolean }> => {
+    const started = performance.now()
+    const r = await app.inject({ url: '/x' })
+    t.equal(r.statusCode, 200, 'fail open')
+    return { ms: performance.now() - started, limited: r.headers['ratelimit-limit'] !== undefined }
+  }
+  t.ok((await timed()).limited, 'counted while Redis answers')
+
+  child.kill('SIGSTOP')
+  const hung = [] as number[]
+  for (let i = 0; i < 3; i++) hung.push((await timed()).ms)
+  t.ok(hung.every((ms) => ms >= 40 && ms < 1000), `each of the first 3 waits about the 50 ms timeout: ${hung.map((ms) => ms.toFixed(0)).join(', ')} ms`)
+  const bypassed = [] as number[]
+  for (let i = 0; i < 20; i++) bypassed.push((await timed()).ms)
+  // the median, not the maximum: a loaded CI machine may stall any one request
+  const median = [...bypassed].sort((a, b) => a - b)[10]!
+  t.ok(median < 20, `then Redis is bypassed: median ${median.toFixed(1)} ms, below the 50 ms timeout`)
+
+  child.kill('SIGCONT')
+  await new Promise((resolve) => setTimeout(resolve, 500)) // past storeRetryAfter: the next request probes
+  let back = false
+  for (let i = 0; i < 20 && !back; i++) {
+    back = (await timed()).limited
+    if (!back) await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.ok(back, 'counting resumes without a restart')
 })

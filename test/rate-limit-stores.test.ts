@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { MemoryStore, RedisStore, createRedisClient, type Hit, type RateLimitStore } from '@portcullis/rate-limit'
+import { BypassingStore, MemoryStore, RedisStore, createRedisClient, type Hit, type RateLimitStore } from '@portcullis/rate-limit'
 import { TEST_REDIS_URL, redisSkip } from './helpers/redis.js'
 
 const incr = (store: RateLimitStore, key: string, windowMs: number): Promise<Hit> => new Promise((resolve, reject) => {
@@ -39,4 +39,29 @@ t.test('Redis store: a window that is not a whole number of ms still counts and 
   const pttl = await raw.pttl(`${prefix}k`)
   t.ok(pttl > 3_900_000 && pttl <= 3_960_000, `the key expires (PTTL ${pttl})`)
   await raw.del(`${prefix}k`)
+})
+
+t.test('bypassing store: after N failures in a row the store is not called until retryAfter; one probe; success ends the bypass', async (t) => {
+  let now = 0
+  let calls = 0
+  let failing = true
+  const inner: RateLimitStore = {
+    incr: (_key, _w, cb) => { calls++; if (failing) cb(new Error('down')); else cb(null, { current: 1, ttl: 10 }) }
+  }
+  const store = new BypassingStore(inner, 3, 1000, () => now)
+  for (let i = 0; i < 3; i++) await t.rejects(incr(store, 'k', 10), /down/)
+  t.equal(calls, 3)
+  t.ok(store.bypassed)
+  for (let i = 0; i < 10; i++) await t.rejects(incr(store, 'k', 10), /bypassed/)
+  t.equal(calls, 3, 'bypassed: the store is not called')
+  now = 1000
+  await t.rejects(incr(store, 'k', 10), /down/, 'one probe after retryAfter')
+  t.equal(calls, 4)
+  await t.rejects(incr(store, 'k', 10), /bypassed/, 'a failed probe bypasses again')
+  now = 2000
+  failing = false
+  t.same(await incr(store, 'k', 10), { current: 1, ttl: 10 }, 'a successful probe')
+  t.notOk(store.bypassed)
+  t.same(await incr(store, 'k', 10), { current: 1, ttl: 10 })
+  t.equal(calls, 6)
 })

@@ -3,11 +3,11 @@ import createError from '@fastify/error'
 import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
 import { hookList } from '@portcullis/core'
 import { promClient, type Registry } from '@portcullis/metrics'
-import { MemoryStore, RedisStore, windowMs, type RateLimitStore, type RedisClient } from './stores.js'
-import { createRedisClient } from './redis.js'
+import { BypassingStore, MemoryStore, RedisStore, windowMs, type RateLimitStore, type RedisClient } from './stores.js'
+import { createRedisClient, DEFAULT_REDIS_COMMAND_TIMEOUT } from './redis.js'
 import { clientKey } from './ip.js'
 
-export { MemoryStore, RedisStore, windowMs, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
+export { BypassingStore, MemoryStore, RedisStore, windowMs, DEFAULT_STORE_FAILURE_THRESHOLD, DEFAULT_STORE_RETRY_AFTER, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
 export { clientKey } from './ip.js'
 export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
@@ -38,6 +38,12 @@ export interface RateLimitPluginOptions {
   nameSpace?: string
   /** Metrics registry. @defaultValue app.metricsRegistry when the metrics plugin is registered */
   registry?: Registry
+  /** Milliseconds one Redis command may take (a `redis` URL only; a client you pass keeps its own). @defaultValue 50 */
+  redisCommandTimeout?: number
+  /** Consecutive store failures after which the store is bypassed (the failClosed policy applies at once). @defaultValue 5 */
+  storeFailureThreshold?: number
+  /** Milliseconds the store is bypassed before one request tries it again. @defaultValue 5000 */
+  storeRetryAfter?: number
 }
 
 /** One budget: its keys are `<label>|<identity>`, so every limiter shares one store. */
@@ -94,7 +100,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
 
   let redis: RedisClient | undefined
   if (typeof opts.redis === 'string') {
-    const own = await createRedisClient(opts.redis)
+    const own = await createRedisClient(opts.redis, { commandTimeout: opts.redisCommandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT })
     redis = own
     app.addHook('onClose', async () => { own.disconnect() })
     await own.connect().catch((err: Error) => {
@@ -105,7 +111,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   }
   const store: RateLimitStore = redis === undefined
     ? new MemoryStore(DEFAULT_LOCAL_CACHE)
-    : new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:')
+    : new BypassingStore(new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:'), opts.storeFailureThreshold, opts.storeRetryAfter)
 
   let lastWarn = 0
   const storeFailed = (err: Error): void => {
@@ -238,6 +244,12 @@ function validateOptions (opts: RateLimitPluginOptions): void {
   }
   if (opts.timeWindow !== undefined && !(Number.isFinite(opts.timeWindow) && opts.timeWindow > 0)) {
     throw new Error(`rate-limit plugin: option "timeWindow" must be a positive number of ms, got ${String(opts.timeWindow)}`)
+  }
+  for (const name of ['redisCommandTimeout', 'storeFailureThreshold', 'storeRetryAfter'] as const) {
+    const v = opts[name]
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1)) {
+      throw new Error(`rate-limit plugin: option "${name}" must be an integer >= 1, got ${String(v)}`)
+    }
   }
   if (typeof opts.redis === 'string' && !/^rediss?:\/\//.test(opts.redis)) {
     throw new Error('rate-limit plugin: option "redis" must be a redis:// or rediss:// URL or an ioredis client')

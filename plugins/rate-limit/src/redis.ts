@@ -11,10 +11,10 @@ export interface RedisClientOptions {
 }
 
 /** Milliseconds a rate-limit command may take: a slow Redis must not hold requests. */
-export const DEFAULT_REDIS_COMMAND_TIMEOUT = 500
+export const DEFAULT_REDIS_COMMAND_TIMEOUT = 50
 
 export interface RedisClientSettings {
-  /** Milliseconds one command may take before it fails. @defaultValue 500 */
+  /** Milliseconds one command may take before it fails. @defaultValue 50 */
   commandTimeout?: number
 }
 

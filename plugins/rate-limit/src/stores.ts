@@ -92,3 +92,56 @@ export class RedisStore implements RateLimitStore {
     )
   }
 }
+
+/** Consecutive failures after which a store is bypassed. */
+export const DEFAULT_STORE_FAILURE_THRESHOLD = 5
+/** Milliseconds a failing store is bypassed before one request tries it again. */
+export const DEFAULT_STORE_RETRY_AFTER = 5000
+
+/**
+ * A store that stops calling a failing one: after `threshold` failures in a row, every hit fails at
+ * once (no command, no wait) for `retryAfter` ms; then one hit tries the store again, and its success
+ * ends the bypass. A hung Redis thus costs each request at most its command timeout until the bypass
+ * starts, and nothing after; the plugin's failOpen/failClosed policy decides what a failed hit means.
+ */
+export class BypassingStore implements RateLimitStore {
+  #store: RateLimitStore
+  #threshold: number
+  #retryAfter: number
+  #now: () => number
+  #failures = 0
+  #openUntil = 0
+  #probing = false
+
+  constructor (store: RateLimitStore, threshold = DEFAULT_STORE_FAILURE_THRESHOLD, retryAfter = DEFAULT_STORE_RETRY_AFTER, now: () => number = Date.now) {
+    this.#store = store
+    this.#threshold = threshold
+    this.#retryAfter = retryAfter
+    this.#now = now
+  }
+
+  /** True while hits skip the store. */
+  get bypassed (): boolean {
+    return this.#failures >= this.#threshold && (this.#now() < this.#openUntil || this.#probing)
+  }
+
+  incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
+    if (this.#failures >= this.#threshold) {
+      if (this.#now() < this.#openUntil || this.#probing) {
+        cb(new Error('rate-limit store bypassed after repeated failures'))
+        return
+      }
+      this.#probing = true // this hit is the one that tries the store again
+    }
+    this.#store.incr(key, timeWindow, (err, hit) => {
+      this.#probing = false
+      if (err !== null) {
+        this.#failures++
+        if (this.#failures >= this.#threshold) this.#openUntil = this.#now() + this.#retryAfter
+      } else {
+        this.#failures = 0
+      }
+      cb(err, hit)
+    })
+  }
+}
