@@ -121,9 +121,9 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
   const bodyLimit = envInt(env, 'AUTH_BODY_LIMIT', DEFAULT_BODY_LIMIT, { min: 256, max: 1024 * 1024 })
   const login = {
     ipMax: envInt(env, 'AUTH_LOGIN_IP_MAX', DEFAULT_LOGIN_IP_MAX, { min: 1 }),
-    ipWindow: Math.round(envDuration(env, 'AUTH_LOGIN_IP_WINDOW', DEFAULT_LOGIN_IP_WINDOW, { min: 1 }) * 1000),
+    ipWindow: envDuration(env, 'AUTH_LOGIN_IP_WINDOW', DEFAULT_LOGIN_IP_WINDOW, { min: 1 }) * 1000,
     userMax: envInt(env, 'AUTH_LOGIN_USER_MAX', DEFAULT_LOGIN_USER_MAX, { min: 1 }),
-    userWindow: Math.round(envDuration(env, 'AUTH_LOGIN_USER_WINDOW', DEFAULT_LOGIN_USER_WINDOW, { min: 1 }) * 1000)
+    userWindow: envDuration(env, 'AUTH_LOGIN_USER_WINDOW', DEFAULT_LOGIN_USER_WINDOW, { min: 1 }) * 1000
   }
   return {
     host,

@@ -107,9 +107,10 @@ const HOP_BY_HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connecti
 
 /** The headers the client receives from an upstream response. */
 export function downstreamHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const named = headers.connection
-  const extra = typeof named === 'string' && named !== '' && named.toLowerCase() !== 'keep-alive' && named.toLowerCase() !== 'close'
-    ? new Set(named.toLowerCase().split(',').map((n) => n.trim()))
+  const named = typeof headers.connection === 'string' ? headers.connection.toLowerCase() : ''
+  // the usual values name no other header: no set to build on every response
+  const extra = named !== '' && named !== 'keep-alive' && named !== 'close'
+    ? new Set(named.split(',').map((n) => n.trim()))
     : undefined
   const out: IncomingHttpHeaders = {}
   for (const name of Object.keys(headers)) {

@@ -43,7 +43,7 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
         ? false
         // the budget is the route's own (its prefix is unique); the name only labels its 429s in
         // the metrics, and two routes sharing a name keep their own limits
-        : { max: route.rateLimit.max, timeWindow: Math.round(route.rateLimit.timeWindow * 1000), groupId: route.prefix, label: route.name }
+        : { max: route.rateLimit.max, timeWindow: route.rateLimit.timeWindow * 1000, groupId: route.prefix, label: route.name }
   }
 }
 

@@ -122,7 +122,7 @@ function refusalLog (): (request: FastifyRequest, body: ErrorBody, err: FastifyE
     const suppressed = seen.suppressed
     seen.at = now
     seen.suppressed = 0
-    const cause = (err.cause as { code?: unknown, message?: unknown } | undefined)
+    const cause = err.cause as { code?: unknown } | undefined
     const fields = {
       code: body.code,
       status: body.statusCode,
@@ -163,10 +163,10 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   const features = { rateLimit: true, metrics: true, auth: true, ...opts.features }
   const logger = opts.logger ?? gatewayLogger()
   const limits = opts.listener ?? defaultListenerLimits()
+  // what Fastify's own options do not set (it sets keep-alive, request and idle timeouts below)
   const nodeLimits = {
     headersTimeout: limits.headersTimeout * 1000,
-    requestTimeout: limits.requestTimeout * 1000,
-    // Node checks those two timeouts on this interval (30 s by default): often enough to honour them
+    // Node checks the headers and request timeouts on this interval (30 s by default): often enough to honour them
     connectionsCheckingInterval: Math.max(100, Math.min(1000, limits.headersTimeout * 500))
   }
   const app = Fastify({
@@ -248,22 +248,15 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   } else {
     app.decorate('metricsRegistry', new promClient.Registry())
   }
-  if (features.rateLimit && config.rateLimit !== false) {
-    await app.register(rateLimit, {
-      max: config.rateLimit.max,
-      timeWindow: Math.round(config.rateLimit.timeWindow * 1000),
+  if (features.rateLimit) {
+    const store = {
       redis: opts.redisUrl,
       failClosed: opts.rateLimitFailClosed,
       ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {})
-    })
-  } else if (features.rateLimit) {
-    // no global budget: only routes with their own `rateLimit` are limited
-    await app.register(rateLimit, {
-      global: false,
-      redis: opts.redisUrl,
-      failClosed: opts.rateLimitFailClosed,
-      ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {})
-    })
+    }
+    await app.register(rateLimit, config.rateLimit === false
+      ? { ...store, global: false } // no global budget: only routes with their own `rateLimit` are limited
+      : { ...store, max: config.rateLimit.max, timeWindow: config.rateLimit.timeWindow * 1000 })
   }
 
   // after the rate limiter: its onRequest guard must refuse an over-budget IP before a token is verified

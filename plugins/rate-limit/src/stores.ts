@@ -126,13 +126,12 @@ export class BypassingStore implements RateLimitStore {
   }
 
   incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
-    if (this.#failures >= this.#threshold) {
-      if (this.#now() < this.#openUntil || this.#probing) {
-        cb(new Error('rate-limit store bypassed after repeated failures'))
-        return
-      }
-      this.#probing = true // this hit is the one that tries the store again
+    if (this.bypassed) {
+      cb(new Error('rate-limit store bypassed after repeated failures'))
+      return
     }
+    // past the bypass, this hit is the one that tries the store again
+    if (this.#failures >= this.#threshold) this.#probing = true
     this.#store.incr(key, timeWindow, (err, hit) => {
       this.#probing = false
       if (err !== null) {
