@@ -37,7 +37,8 @@ function watch (port: number, send = ''): { socket: Socket, closed: Promise<{ go
 }
 
 t.test('a connection that sends nothing is closed at the idle timeout (1,000 idle sockets stayed open 190 s)', async (t) => {
-  const { port } = await start(t)
+  // Node also counts a silent connection against the headers timeout: set it long so the idle one acts
+  const { port } = await start(t, { headersTimeout: 10 })
   const { closed } = watch(port)
   const { ms } = await closed
   t.ok(ms >= 500 && ms < 3000, `closed after ${ms} ms (idle timeout 600 ms)`)
@@ -63,7 +64,7 @@ t.test('an idle keep-alive connection is closed at the keep-alive timeout after 
 })
 
 t.test('connections over the cap are closed on arrival; the ones within keep working', async (t) => {
-  const { port } = await start(t, { maxConnections: 2, idleTimeout: 30 })
+  const { port } = await start(t, { maxConnections: 2, idleTimeout: 30, headersTimeout: 10 }) // the two held sockets stay open
   const a = watch(port)
   const b = watch(port)
   await new Promise((resolve) => setTimeout(resolve, 100))
@@ -103,4 +104,10 @@ t.test('the default connection cap is the open-file limit less a reserve', async
   t.equal(defaultMaxConnections(file('Max open files            100                  100                  files')), 64)
   t.equal(defaultMaxConnections(file('Max open files            unlimited            unlimited            files')), 4096)
   t.equal(defaultMaxConnections(join(dir, 'missing')), 4096, 'no /proc: a fixed cap')
+})
+
+t.test('a silent connection is also closed at the headers timeout when that comes first', async (t) => {
+  const { port } = await start(t, { idleTimeout: 10, headersTimeout: 0.4 })
+  const { ms } = await watch(port).closed
+  t.ok(ms < 3000, `closed after ${ms} ms (headers timeout 400 ms, idle 10 s)`)
 })
