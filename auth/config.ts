@@ -1,4 +1,5 @@
 import { durationText, envDuration, envInt, envList, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvTable, type LogLevel, type ProcessEnv } from '../lib/env.js'
+import { DEFAULT_DRAIN_DELAY } from '../lib/drain.js'
 import { ConfigError } from '../lib/errors.js'
 import { dbOptionsFromEnv, STORE_ENV } from '../store/config.js'
 import type { DbOptions } from '../store/db.js'
@@ -10,13 +11,19 @@ import { DEFAULT_REFRESH_ABSOLUTE_TTL, DEFAULT_REFRESH_IDLE_TTL } from '../store
 export interface AuthConfig {
   host: string
   port: number
+  /** Address of the admin listener (/health/*, /metrics), apart from the public one. */
+  adminHost: string
   adminPort: number
+  /** Seconds the public listener keeps serving after SIGTERM, readiness already 503. */
+  drainDelay: number
   /** `iss` of every token, and the base of the discovery URLs; no trailing slash. */
   issuer: string
   /** Default `aud`. */
   audience: string
   /** Access-token lifetime, seconds. */
   accessTokenTtl: number
+  /** CLOCK_SKEW, seconds: how long past `exp` a verifier may still accept a token. */
+  clockSkew: number
   /** `Cache-Control: max-age` of the JWKS and discovery documents, seconds (<= pre-publish / 2 and <= VERIFIER_CACHE_MAX). */
   jwksMaxAge: number
   /** How often the signing key and the JWKS are re-read from the store, ms. */
@@ -33,12 +40,21 @@ export interface AuthConfig {
   scrypt: ScryptParams
   /** Redis for the login counters, shared by every auth replica; undefined = in-process counters. */
   redisUrl: string | undefined
+  /**
+   * PostgreSQL: longest one statement may wait for a pooled or new connection and the answer
+   * together, ms; past it the request answers 503 temporarily_unavailable.
+   */
+  databaseTimeout: number
 }
 
 export const DEFAULT_AUTH_HOST = '127.0.0.1'
-export const DEFAULT_AUTH_PORT = 3000
-export const DEFAULT_AUTH_ADMIN_PORT = 9091
-export const DEFAULT_AUTH_ISSUER = 'http://127.0.0.1:3000'
+/** Not 3000: Grafana's default port (docs/operations.md, "Default ports"). */
+export const DEFAULT_AUTH_PORT = 3010
+/** Loopback: health and metrics are for the machine's own probes and scraper unless AUTH_ADMIN_HOST says otherwise. */
+export const DEFAULT_AUTH_ADMIN_HOST = '127.0.0.1'
+/** Not 9091: the Prometheus Pushgateway's; 9100-9999 is the exporters' range. */
+export const DEFAULT_AUTH_ADMIN_PORT = 8091
+export const DEFAULT_AUTH_ISSUER = `http://127.0.0.1:${DEFAULT_AUTH_PORT}`
 export const DEFAULT_AUTH_AUDIENCE = 'portcullis'
 export const DEFAULT_BODY_LIMIT = 4096
 export const DEFAULT_KEY_POLL_INTERVAL = 1
@@ -46,12 +62,16 @@ export const DEFAULT_LOGIN_IP_MAX = 30
 export const DEFAULT_LOGIN_IP_WINDOW = 60
 export const DEFAULT_LOGIN_USER_MAX = 5
 export const DEFAULT_LOGIN_USER_WINDOW = 300
+/** AUTH_DATABASE_TIMEOUT, seconds: a frozen database costs a request about this long, then 503. */
+export const DEFAULT_AUTH_DATABASE_TIMEOUT = 2
 
 /** Every variable the auth service reads itself (`--help` and docs/configuration.md list these). */
 export const AUTH_ENV: EnvTable = [
   ['AUTH_HOST', DEFAULT_AUTH_HOST, 'public listener address'],
   ['AUTH_PORT', String(DEFAULT_AUTH_PORT), 'public listener port (login, refresh, logout, /oauth/token, JWKS, discovery)'],
-  ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port (/health/live, /health/ready, /metrics), bound to AUTH_HOST; must differ from AUTH_PORT'],
+  ['AUTH_ADMIN_HOST', DEFAULT_AUTH_ADMIN_HOST, 'admin listener address (/health/live, /health/ready, /metrics), apart from AUTH_HOST: 0.0.0.0 in a container, so that probes and the scraper reach it'],
+  ['AUTH_ADMIN_PORT', String(DEFAULT_AUTH_ADMIN_PORT), 'admin listener port; must differ from AUTH_PORT'],
+  ['AUTH_DRAIN_DELAY', durationText(DEFAULT_DRAIN_DELAY), 'on SIGTERM, /health/ready answers 503 at once and the public listener keeps serving this long before it stops accepting and finishes in-flight requests (time for load balancers to stop sending); 0: close at once. SIGINT never waits'],
   ['AUTH_ISSUER', 'http://AUTH_HOST:AUTH_PORT', '`iss` claim and base URL of jwks_uri / token_endpoint in discovery'],
   ['AUTH_AUDIENCE', DEFAULT_AUTH_AUDIENCE, 'default `aud` claim (a client can have its own)'],
   ['AUTH_KEY_POLL_INTERVAL', durationText(DEFAULT_KEY_POLL_INTERVAL), 'how often the active key and the JWKS are re-read; must be < SIGNER_PROPAGATION'],
@@ -64,6 +84,7 @@ export const AUTH_ENV: EnvTable = [
   ['AUTH_LOGIN_USER_WINDOW', durationText(DEFAULT_LOGIN_USER_WINDOW), 'window of AUTH_LOGIN_USER_MAX'],
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
   ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable at boot stops the boot, later outages answer logins 503'],
+  ['AUTH_DATABASE_TIMEOUT', durationText(DEFAULT_AUTH_DATABASE_TIMEOUT), 'PostgreSQL (DATABASE_URL) only: longest one statement waits for a pooled or new connection and the answer, together; past it the request answers 503 temporarily_unavailable with Retry-After (database stopped, frozen, or every pooled connection busy). At least 100ms'],
   ['PASSWORD_SCRYPT_N', String(DEFAULT_SCRYPT_PARAMS.N), 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
   ['PASSWORD_SCRYPT_R', String(DEFAULT_SCRYPT_PARAMS.r), 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],
   ['PASSWORD_SCRYPT_P', String(DEFAULT_SCRYPT_PARAMS.p), 'scrypt parallelization for new hashes (N=2^15, r=8, p=3 is an OWASP-recommended setting)']
@@ -85,7 +106,7 @@ function trustProxyFromEnv (env: Env): boolean | string[] {
   return list
 }
 
-/** `http://AUTH_HOST:AUTH_PORT` (a wildcard address becomes 127.0.0.1): http://127.0.0.1:3000 by default. */
+/** `http://AUTH_HOST:AUTH_PORT` (a wildcard address becomes 127.0.0.1): http://127.0.0.1:3010 by default. */
 function defaultIssuer (host: string, port: number): string {
   if (port === 0) return DEFAULT_AUTH_ISSUER
   const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host
@@ -99,6 +120,7 @@ function defaultIssuer (host: string, port: number): string {
 export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
   const host = envString(env, 'AUTH_HOST', DEFAULT_AUTH_HOST)
   const port = envInt(env, 'AUTH_PORT', DEFAULT_AUTH_PORT, { min: 0, max: 65535 })
+  const adminHost = envString(env, 'AUTH_ADMIN_HOST', DEFAULT_AUTH_ADMIN_HOST)
   const adminPort = envInt(env, 'AUTH_ADMIN_PORT', DEFAULT_AUTH_ADMIN_PORT, { min: 0, max: 65535 })
   if (port !== 0 && port === adminPort) throw new ConfigError('AUTH_ADMIN_PORT', `must differ from AUTH_PORT (${port})`)
   const issuerUrl = envUrl(env, 'AUTH_ISSUER', ['http:', 'https:'])
@@ -128,10 +150,13 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
   return {
     host,
     port,
+    adminHost,
     adminPort,
+    drainDelay: envDuration(env, 'AUTH_DRAIN_DELAY', DEFAULT_DRAIN_DELAY, { min: 0 }),
     issuer,
     audience,
     accessTokenTtl: timings.accessTokenTtl,
+    clockSkew: timings.clockSkew,
     jwksMaxAge: jwksCacheMaxAge(timings),
     keyPollInterval: Math.round(keyPollInterval * 1000),
     keyMaxStaleness: Math.round(timings.signerPropagation * 1000),
@@ -141,7 +166,8 @@ export function authConfigFromEnv (env: Env, timings: KeyTimings): AuthConfig {
     login,
     trustProxy: trustProxyFromEnv(env),
     scrypt: scryptParamsFromEnv(env),
-    redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href
+    redisUrl: envUrl(env, 'REDIS_URL', ['redis:', 'rediss:'])?.href,
+    databaseTimeout: Math.round(envDuration(env, 'AUTH_DATABASE_TIMEOUT', DEFAULT_AUTH_DATABASE_TIMEOUT, { min: 0.1 }) * 1000)
   }
 }
 

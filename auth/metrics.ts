@@ -1,7 +1,18 @@
 import { promClient, type Registry } from '@portcullis/metrics'
 
 export type Grant = 'login' | 'refresh_token' | 'client_credentials'
-export type LoginFailure = 'invalid_credentials' | 'rate_limited_ip' | 'rate_limited_user'
+/**
+ * Why the auth service refused a credential: a login (`invalid_credentials`, `rate_limited_ip`,
+ * `rate_limited_user`), a client of the client-credentials grant (`invalid_client`: unknown client,
+ * wrong secret or no credentials; `invalid_scope`), or a refresh token at /auth/refresh or the
+ * refresh_token grant (`refresh_unknown`, `refresh_expired`, `refresh_revoked`, `refresh_reused`: all
+ * answered `invalid_grant`). The same values as the `reason` of the `auth_failure` log lines.
+ */
+export const LOGIN_FAILURES = [
+  'invalid_credentials', 'rate_limited_ip', 'rate_limited_user', 'invalid_client', 'invalid_scope',
+  'refresh_unknown', 'refresh_expired', 'refresh_revoked', 'refresh_reused'
+] as const
+export type LoginFailure = typeof LOGIN_FAILURES[number]
 
 export interface AuthMetrics {
   tokensIssued: promClient.Counter<'grant'>
@@ -23,7 +34,7 @@ export function createAuthMetrics (registry: Registry): AuthMetrics {
     }),
     loginFailures: new promClient.Counter({
       name: 'portcullis_login_failures_total',
-      help: 'Refused logins, by reason',
+      help: 'Refused logins, client authentications and refresh tokens, by reason',
       labelNames: ['reason'],
       registers
     }),
@@ -45,6 +56,6 @@ export function createAuthMetrics (registry: Registry): AuthMetrics {
   }
   // Zero series up front, so dashboards and alerts see every label from the start.
   for (const g of ['login', 'refresh_token', 'client_credentials'] satisfies Grant[]) m.tokensIssued.inc({ grant: g }, 0)
-  for (const r of ['invalid_credentials', 'rate_limited_ip', 'rate_limited_user'] satisfies LoginFailure[]) m.loginFailures.inc({ reason: r }, 0)
+  for (const r of LOGIN_FAILURES) m.loginFailures.inc({ reason: r }, 0)
   return m
 }

@@ -1,16 +1,21 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { requestIdOf } from '@portcullis/core'
 import { MemoryStore, RedisStore, createRedisClient, type RateLimitStore } from '@portcullis/rate-limit'
+import { DrainState, DRAINING_REASON } from '../lib/drain.js'
 import { ConfigError } from '../lib/errors.js'
 import { admin } from '@portcullis/metrics'
 import metrics, { type Registry } from '@portcullis/metrics'
 import type { Db } from '../store/db.js'
+import { isStoreUnavailable } from '../store/db-errors.js'
+import type { KeyRecord } from '../store/key-records.js'
 import type { ClientStore } from '../store/clients.js'
+import { openRevocationStore, REVOCATIONS_CHANNEL, type RevocationStore } from '../store/revocations.js'
+import { RevocationHub, revocationFeedRoute } from './revocations.js'
 import type { RefreshStore } from '../store/refresh.js'
 import type { UserStore } from '../store/users.js'
 import type { AuthConfig } from './config.js'
 import type { AuthContext } from './context.js'
-import { installErrorHandling } from './http-errors.js'
+import { installErrorHandling, STORE_UNAVAILABLE } from './http-errors.js'
 import { createAuthMetrics, type AuthMetrics } from './metrics.js'
 import login from './routes/login.js'
 import refresh from './routes/refresh.js'
@@ -25,11 +30,13 @@ export interface AuthServiceOptions {
   config: AuthConfig
   /** The store (for readiness). */
   db: Db
-  /** Signing keys and the JWKS (store/keys.ts `KeyStore`). */
-  keys: KeySource
+  /** Signing keys, the JWKS and the key timeline of the admin `GET /keys` (store/keys.ts `KeyStore`). */
+  keys: KeySource & KeyTimelineSource
   users: UserStore
   clients: ClientStore
   refresh: RefreshStore
+  /** Where revocations are recorded. @defaultValue the revocations table of `db` */
+  revocations?: RevocationStore
   /** Clock in epoch ms for token times. @defaultValue Date.now */
   now?: () => number
   /** Fastify logger options (both listeners). @defaultValue false */
@@ -43,13 +50,78 @@ export interface AuthServiceOptions {
 export interface AuthService {
   /** The public app (not listening yet). */
   app: FastifyInstance
-  /** The admin app: /health/live, /health/ready, /metrics (not listening yet). */
+  /** The admin app: /health/live, /health/ready, /metrics, /keys (not listening yet). */
   admin: FastifyInstance
   signer: Signer
   metrics: AuthMetrics
   registry: Registry
-  /** Closes both apps and stops the signer; idempotent. The stores stay open (the caller owns them). */
+  /** Started on SIGTERM: `/health/ready` answers 503 from then on, the public app still serves. */
+  drain: DrainState
+  /** Closes the public app (in-flight requests finish), then the admin app, and stops the signer; idempotent. The stores stay open (the caller owns them). */
   close(): Promise<void>
+  /** Revocations: recorded, and pushed to the feeds (`listening`: announced by PostgreSQL NOTIFY). */
+  revocations: RevocationHub
+}
+
+/** What the admin `GET /keys` reads, at each request: every stored key (store/keys.ts `KeyStore.list`). */
+export interface KeyTimelineSource {
+  list(): Promise<KeyRecord[]>
+}
+
+/** One key of the admin `GET /keys`: its state and timeline (ISO 8601 or null), never key material. */
+export interface KeyTimelineEntry {
+  kid: string
+  state: KeyRecord['state']
+  keySize: number
+  createdAt: string
+  activatesAt: string | null
+  activatedAt: string | null
+  retiredAt: string | null
+  revokedAt: string | null
+}
+
+const iso = (ms: number | null): string | null => ms === null ? null : new Date(ms).toISOString()
+
+/** The public view of a key record: the members below are copied one by one, so no key material can follow. */
+export function keyTimelineEntry (r: KeyRecord): KeyTimelineEntry {
+  return {
+    kid: r.kid,
+    state: r.state,
+    keySize: r.keySize,
+    createdAt: new Date(r.createdAt).toISOString(),
+    activatesAt: iso(r.activatesAt),
+    activatedAt: iso(r.activatedAt),
+    retiredAt: iso(r.retiredAt),
+    revokedAt: iso(r.revokedAt)
+  }
+}
+
+/**
+ * `GET /keys` on the admin app: every key's state and timeline, read from the store at each request,
+ * oldest first. A failed read is a 503 `{ statusCode, code, error, message }` (an outage says only
+ * that the store is unavailable, as the public listener does, and carries `Retry-After`), logged once.
+ */
+function keyTimelineRoute (adminApp: FastifyInstance, keys: KeyTimelineSource): void {
+  adminApp.get('/keys', { logLevel: 'warn' }, async (req, reply) => {
+    let records: KeyRecord[]
+    try {
+      records = await keys.list()
+    } catch (err) {
+      const outage = isStoreUnavailable(err)
+      const errCode = (err as { code?: unknown } | null)?.code
+      const reason = err instanceof Error ? err.message : String(err)
+      const code = outage ? 'PORTCULLIS_STORE_UNAVAILABLE' : errCode === 'PORTCULLIS_KEY_CORRUPT' ? 'PORTCULLIS_KEY_CORRUPT' : 'PORTCULLIS_KEY_STORE_ERROR'
+      // an outage says nothing about the store (as on the public listener); a corrupt row's message
+      // names the kid and what is wrong with it, never key material
+      const message = outage ? STORE_UNAVAILABLE : code === 'PORTCULLIS_KEY_CORRUPT' ? reason : 'the key store could not be read'
+      req.log.error({ event: outage ? 'store_unavailable' : 'key_store_read_failed', code: errCode, reason }, 'GET /keys: answered 503')
+      if (outage) reply.header('retry-after', '1')
+      return reply.code(503).header('cache-control', 'no-store')
+        .send({ statusCode: 503, code, error: 'Service Unavailable', message })
+    }
+    const sorted = [...records].sort((a, b) => a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0))
+    return reply.header('cache-control', 'no-store').send({ keys: sorted.map(keyTimelineEntry) })
+  })
 }
 
 /** Keys the login counters keep in memory when there is no Redis (least recently used forgotten first). */
@@ -112,7 +184,17 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
       onKeyChange: () => m.keyChanges.inc(),
       onRefreshError: () => m.keyReadFailures.inc()
     })
+    const hub = new RevocationHub(opts.revocations ?? await openRevocationStore(opts.db), (err) => {
+      app.log.warn({ err }, 'revocations: the store could not be read')
+    })
+    await hub.start(opts.db.listen === undefined ? undefined : (fn) => opts.db.listen!(REVOCATIONS_CHANNEL, fn))
+    // a key revoked by the CLI: read the keys again at once rather than at the next poll, so this
+    // service stops signing with it within the hub's poll (its tokens are refused everywhere now)
+    hub.subscribe((events) => {
+      if (events.some((e) => e.kind === 'kid')) void signer.refresh()
+    })
     const ctx: AuthContext = {
+      revocations: hub,
       config: cfg,
       users: opts.users,
       clients: opts.clients,
@@ -126,40 +208,55 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
     await app.register(refresh, ctx)
     await app.register(token, ctx)
     await app.register(wellKnown, ctx)
+    revocationFeedRoute(app, hub)
 
     const prune = setInterval(() => {
       opts.refresh.prune().then((n) => {
         if (n > 0) app.log.info({ families: n }, 'pruned expired refresh-token families')
       }, (err: unknown) => app.log.warn({ err }, 'refresh-token prune failed'))
+      hub.store.prune().then((n) => {
+        if (n > 0) app.log.info({ revocations: n }, 'pruned revocations no token can match any more')
+      }, (err: unknown) => app.log.warn({ err }, 'revocation prune failed'))
     }, PRUNE_INTERVAL)
     prune.unref()
     app.addHook('onClose', async () => {
       clearInterval(prune)
       signer.stop()
+      await hub.stop()
     })
 
     await signer.start()
 
+    const drain = new DrainState()
     const adminApp = Fastify({ ...log })
     await adminApp.register(admin, {
       registries: [app.metricsRegistry],
       ready: async () => {
+        if (drain.draining) return DRAINING_REASON
         await opts.db.query('SELECT 1')
         return signer.ready ? true : 'no usable signing key (none is active, or the key store could not be read lately)'
       }
     })
+    keyTimelineRoute(adminApp, opts.keys)
 
     let closing: Promise<void> | undefined
     return {
       app,
       admin: adminApp,
       signer,
+      revocations: hub,
       metrics: m,
       registry: app.metricsRegistry,
+      drain,
       close: () => {
+        drain.start()
         closing ??= (async () => {
-          await adminApp.close()
-          await app.close()
+          // The admin listener last: probes see 503 (not a refused connection) until the public one is closed.
+          try {
+            await app.close()
+          } finally {
+            await adminApp.close()
+          }
         })()
         return closing
       }

@@ -57,9 +57,13 @@ export class Signer {
     this.#clock = opts.clock ?? Date.now
   }
 
-  /** Reads the store once (failing if it cannot), then keeps polling. */
+  /**
+   * Reads the store once (failing if it cannot, with the reason in the error's one-line message and
+   * nothing logged: the boot reports it), then keeps polling.
+   */
   async start (): Promise<void> {
-    await this.refresh()
+    this.#inflight ??= this.#load(false).finally(() => { this.#inflight = undefined })
+    await this.#inflight
     if (this.#loadedAt === -Infinity) {
       // The boot's one-line error says why (a wrong secret, an unreachable store), not only that it failed.
       const why = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : ''
@@ -82,7 +86,8 @@ export class Signer {
     return this.#inflight
   }
 
-  async #load (): Promise<void> {
+  /** One read of the store; a failure is kept as #lastError, counted, and logged when `logFailure`. */
+  async #load (logFailure = true): Promise<void> {
     try {
       // Active key first: a key that became active after this read is already in the JWKS read next.
       const active = await this.#opts.keys.activeSigningKey()
@@ -113,7 +118,7 @@ export class Signer {
       }
     } catch (err) {
       this.#lastError = err
-      this.#opts.log.error({ err }, 'could not read the key store')
+      if (logFailure) this.#opts.log.error({ err }, 'could not read the key store')
       this.#opts.onRefreshError?.(err)
     }
   }

@@ -15,7 +15,9 @@ import { jwksOptionsFromEnv } from '../lib/jwks-env.js'
  *   bare <upstream>          Fastify + one @fastify/http-proxy registration, nothing else
  *   gateway <upstream> <iss> the full gateway, built by `createGateway` from env settings and a route
  *                            file exactly as `portcullis gateway` does (V8 memory tuning and logger
- *                            included); BENCH_FEATURES switches parts off (`logs` = LOG_LEVEL warn),
+ *                            included); BENCH_FEATURES switches parts off (`logs` = LOG_LEVEL warn,
+ *                            `tracing` = no tracing plugin at all; OTEL_* variables switch export on;
+ *                            BENCH_REVOCATIONS_URL: the issuer's revocation feed),
  *                            BENCH_TOKEN_CACHE=<n> sets the verified-token cache size (0: no cache)
  * Sends { port, v8 } when listening (v8: the flags in effect). Its stdout (the info logs) goes to /dev/null.
  */
@@ -43,20 +45,24 @@ async function main (): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-gw-bench-'))
   const routeFile = join(dir, 'routes.json')
   writeFileSync(routeFile, JSON.stringify({
-    issuers: [{ issuer: issuer!, audience: 'portcullis' }],
+    issuers: [{ issuer: issuer!, audience: 'portcullis', ...(process.env.BENCH_REVOCATIONS_URL !== undefined ? { revocations: process.env.BENCH_REVOCATIONS_URL } : {}) }],
     rateLimit: { max: 1_000_000_000, timeWindow: '1m' },
     routes: [{ prefix: '/api', upstream: upstream! }]
   }))
   if (off.has('logs')) process.env.LOG_LEVEL = 'warn'
   const settings = settingsFromEnv({ ...process.env, GATEWAY_CONFIG: routeFile, GATEWAY_PORT: '0' })
   const { gw } = await createGateway(settings, process.env, {
-    features: { rateLimit: !off.has('rateLimit'), metrics: !off.has('metrics'), auth: !off.has('auth') },
+    features: { rateLimit: !off.has('rateLimit'), metrics: !off.has('metrics'), auth: !off.has('auth'), tracing: !off.has('tracing') },
     ...(process.env.BENCH_TOKEN_CACHE !== undefined ? { auth: { ...jwksOptionsFromEnv(process.env), tokenCacheMax: Number(process.env.BENCH_TOKEN_CACHE) } } : {})
   })
   rmSync(dir, { recursive: true, force: true })
   v8Flags = [...process.execArgv, ...(settings.memoryTuning ? MEMORY_TUNING_FLAGS.map((f) => `${f} (set at start)`) : [])]
   await gw.app.listen({ port: 0, host: '127.0.0.1' })
-  if (!off.has('auth')) await gw.app.jwksAuth.refresh()
+  if (!off.has('auth')) {
+    await gw.app.jwksAuth.refresh()
+    // and the revocation feed caught up, when there is one
+    while (!gw.app.jwksAuth.isReady()) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
   return (gw.app.server.address() as { port: number }).port
 }
 

@@ -5,6 +5,8 @@ import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import { Pool } from 'undici'
+import { createServer } from 'node:http'
+import { revocationDigest } from '@portcullis/core'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 import { ROOT, compileTargets } from './targets.js'
 
@@ -17,7 +19,9 @@ import { ROOT, compileTargets } from './targets.js'
  * round); ratios are medians over ROUNDS of the paired ratios.
  * Then a fixed-rate run at half the bare proxy's maximum (p99 with microsecond resolution from an
  * open-loop generator: autocannon's histogram has 1 ms resolution), and the gateway's resident memory
- * after 100,000 distinct tokens. The targets (docs/performance.md) are printed as PASS/FAIL.
+ * after 100,000 distinct tokens. Then tracing: the gateway without the tracing plugin (what it was
+ * before tracing), with it and no export (the default), and exporting a span per request over
+ * OTLP/HTTP, each paired with the first; then the gateway without and with a revocation feed. The targets (docs/performance.md) are printed as PASS/FAIL.
  *
  * Every target gets the same requests (the bare proxy and the upstream are sent the token too, and
  * autocannon builds each request the same way), so the load generator costs the same whatever it
@@ -30,7 +34,7 @@ const DURATION = Number(process.env.BENCH_DURATION ?? 3) // seconds per measurem
 const CONNECTIONS = 32
 const DISTINCT_FOR_RSS = Number(process.env.BENCH_RSS_TOKENS ?? 100_000)
 const TARGET = 'bench/gateway-target.ts'
-const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss').split(','))
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss,tracing,revocation').split(','))
 /** Command-line V8 flags of the reference run with a fixed heap cap (an alternative to the gateway's own tuning). */
 const CAPPED_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=96']
 
@@ -283,6 +287,86 @@ async function main (): Promise<void> {
       console.log(`  the gateway runs at ${fmt(load * 100)}% of its own measured maximum (${fmt(gatewayMaxRps)} req/s) here, the bare proxy at 50%${load > 0.8 ? ': near saturation, so its p99 is mostly queueing' : ''}`)
     }
     checks.push(['p99 at half the bare max <= bare p99 + 1 ms', p99Delta <= 1, `${p99Delta >= 0 ? '+' : ''}${fmt(p99Delta, 3)} ms`])
+  }
+
+  /**
+   * Each variant paired with `base` (the pair's order alternating, as the variants' order), ROUNDS
+   * rounds of DURATION s slices; prints and returns the medians of the paired ratios.
+   */
+  const paired = async (title: string, base: Target, variants: Target[]): Promise<Record<string, { rps: number, cpu: number, cpuUs: number }>> => {
+    console.log(`\n${title}: ${ROUNDS} rounds of paired slices (${base.name} and the variant, ${DURATION} s each, the order alternating), ${CONNECTIONS} connections, 1 token`)
+    for (const t of [base, ...variants]) {
+      const w = await load(t, 1)
+      if (w.non2xx > 0) throw new Error(`${t.name}: ${w.non2xx} non-2xx responses during warm-up`)
+    }
+    const pairs = new Map<string, Array<{ rps: number, cpu: number, cpuUs: number }>>(variants.map((t) => [t.name, []]))
+    const baseCpu: number[] = []
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const t of r % 2 === 0 ? variants : [...variants].reverse()) {
+        // the pair's order alternates too: the slice measured second must not always be the variant
+        const first = r % 2 === 0 ? base : t
+        const s1 = await load(first, DURATION)
+        const s2 = await load(first === base ? t : base, DURATION)
+        const [b, x] = first === base ? [s1, s2] : [s2, s1]
+        if (b.non2xx + x.non2xx > 0) throw new Error(`${t.name}: non-2xx responses`)
+        baseCpu.push(b.cpu)
+        pairs.get(t.name)!.push({ rps: x.rps / b.rps, cpu: x.cpu / b.cpu, cpuUs: x.cpu - b.cpu })
+      }
+    }
+    console.log(`  baseline: ${base.name}, ${fmt(median(baseCpu), 1)} us CPU per request (median of its slices)`)
+    const cost: Record<string, { rps: number, cpu: number, cpuUs: number }> = {}
+    for (const t of variants) {
+      const p = pairs.get(t.name)!
+      const c = { rps: median(p.map((x) => x.rps)), cpu: median(p.map((x) => x.cpu)), cpuUs: median(p.map((x) => x.cpuUs)) }
+      cost[t.name] = c
+      console.log(`  ${t.name.padEnd(44)} req/s x${fmt(c.rps, 3)}  CPU per request x${fmt(c.cpu, 3)} (${c.cpuUs >= 0 ? '+' : ''}${fmt(c.cpuUs, 1)} us)  [medians of ${p.length} paired ratios]`)
+    }
+    return cost
+  }
+
+  if (PHASES.has('tracing')) {
+    // A collector on the generator's cores: the tiny upstream answers every POST /v1/traces with 200.
+    const collector = await startTarget(['upstream'])
+    const [none, none2, off, on] = await Promise.all([
+      gw({ BENCH_FEATURES: 'tracing' }),
+      gw({ BENCH_FEATURES: 'tracing' }),
+      gw({}),
+      gw({ OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.port}`, OTEL_BSP_SCHEDULE_DELAY: '1000' })
+    ])
+    const cost = await paired('tracing', { name: 'gateway without the tracing plugin', url: at(none), tokens: one, pid: none.pid }, [
+      { name: 'the same, another process (A/A: the noise)', url: at(none2), tokens: one, pid: none2.pid },
+      { name: 'gateway, tracing off (default)', url: at(off), tokens: one, pid: off.pid },
+      { name: 'gateway, tracing on (OTLP export)', url: at(on), tokens: one, pid: on.pid }
+    ])
+    const offCost = cost['gateway, tracing off (default)']!
+    const aa = cost['the same, another process (A/A: the noise)']!
+    checks.push(['tracing off: CPU per request within 5% of the gateway without the plugin (beyond the A/A pair)', offCost.cpu - aa.cpu <= 0.05, `x${fmt(offCost.cpu, 3)} (${offCost.cpuUs >= 0 ? '+' : ''}${fmt(offCost.cpuUs, 1)} us); A/A x${fmt(aa.cpu, 3)}`])
+  }
+
+  if (PHASES.has('revocation')) {
+    // A revocation feed on the generator's core holding 10,000 revoked sessions (the auth service's
+    // GET /auth/revocations, as a verifier sees it): the token the load sends is not among them.
+    const now = Date.now()
+    let events = ''
+    for (let i = 1; i <= 10_000; i++) events += `id: ${i}\nevent: revocation\ndata: {"kind":"sid","digest":"${revocationDigest('sid', `bench-session-${i}`)}","revokedAt":${now},"expiresAt":${now + 3_600_000}}\n\n`
+    const feed = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' })
+      res.write(events + 'event: ready\ndata: {"seq":10000}\n\n')
+      const ping = setInterval(() => res.write(': ping\n\n'), 5000)
+      res.on('close', () => clearInterval(ping))
+    })
+    await new Promise<void>((resolve) => feed.listen(0, '127.0.0.1', resolve))
+    const feedUrl = `http://127.0.0.1:${(feed.address() as { port: number }).port}/auth/revocations`
+    const [plain, plain2, following] = await Promise.all([gw({}), gw({}), gw({ BENCH_REVOCATIONS_URL: feedUrl })])
+    const cost = await paired('revocation', { name: 'gateway without a revocation feed', url: at(plain), tokens: one, pid: plain.pid }, [
+      { name: 'the same, another process (A/A: the noise)', url: at(plain2), tokens: one, pid: plain2.pid },
+      { name: 'gateway following a feed (10,000 revoked)', url: at(following), tokens: one, pid: following.pid }
+    ])
+    const c = cost['gateway following a feed (10,000 revoked)']!
+    const aa = cost['the same, another process (A/A: the noise)']!
+    checks.push(['revocation on: CPU per request within 5% of the gateway without it (beyond the A/A pair)', c.cpu - aa.cpu <= 0.05, `x${fmt(c.cpu, 3)} (${c.cpuUs >= 0 ? '+' : ''}${fmt(c.cpuUs, 1)} us); req/s x${fmt(c.rps, 3)}; A/A x${fmt(aa.cpu, 3)}`])
+    feed.closeAllConnections()
+    feed.close()
   }
 
   if (PHASES.has('rss')) {

@@ -1,8 +1,7 @@
 import { UsageError } from '../lib/errors.js'
 import { openClientStore, type ClientStore } from '../store/clients.js'
-import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
-import { openDb } from '../store/index.js'
 import { table } from './output.js'
+import { openCommandStore } from '../store/command-store.js'
 import { parseCommandArgs, splitList } from './users.js'
 
 export const help = `Usage: portcullis clients <command>
@@ -16,12 +15,12 @@ Commands:
   remove <client-id>
                    delete a client (tokens already issued stay valid until they expire)
 
-Environment: DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR (the store).`
+Environment: DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR (the store).
+The store is named on stderr first (one line). Run on the data folder of a running "portcullis
+start", the command uses the stack's store, or refuses naming both when its settings name another.`
 
 async function withClients<T> (fn: (clients: ClientStore) => Promise<T>, existing = true): Promise<T> {
-  const opts = dbOptionsFromEnv(process.env)
-  if (existing) requireExistingStore(opts)
-  const db = openDb(opts)
+  const { db } = await openCommandStore(process.env, { existing })
   try {
     return await fn(await openClientStore(db))
   } finally {

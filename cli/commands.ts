@@ -21,6 +21,8 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'rotation', summary: 'run the key-rotation worker (--once for cron)', module: '../rotation/main.js' },
   { name: 'services', summary: 'run an example service (user, order or product)', module: '../services/main.js' },
   { name: 'keys', summary: 'list, rotate, revoke signing keys; print the JWKS', module: './keys.js' },
-  { name: 'users', summary: 'add, list and remove users', module: './users.js' },
+  { name: 'users', summary: 'add, list, remove and revoke users', module: './users.js' },
+  { name: 'sessions', summary: 'revoke a session: its refresh tokens and its access tokens', module: './sessions.js' },
+  { name: 'tokens', summary: 'revoke one access token by its jti', module: './tokens.js' },
   { name: 'clients', summary: 'add, list and remove service clients', module: './clients.js' }
 ]

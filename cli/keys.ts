@@ -1,14 +1,15 @@
 import pino from 'pino'
 import { envEnum } from '../lib/env.js'
+import { recordRevocation } from './revoke.js'
+import type { Db } from '../store/index.js'
 import { UsageError } from '../lib/errors.js'
 import { loggerOptions } from '../lib/logger.js'
 import { activationTime, pruneTime } from '../store/key-lifecycle.js'
-import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
-import { openDb } from '../store/index.js'
 import { keyTimingsFromEnv } from '../store/key-timings.js'
 import { DEFAULT_KEY_SIZE, KEY_SIZES, openKeyStore, type KeyRecord, type KeySize, type KeyStore } from '../store/keys.js'
 import { loadKeySecrets } from '../store/secrets.js'
 import { table } from './output.js'
+import { openCommandStore } from '../store/command-store.js'
 
 export const help = `Usage: portcullis keys <command>
 
@@ -18,11 +19,14 @@ Commands:
   rotate [--activate-now]    start a new pending key now (it signs after KEY_PREPUBLISH); with
                              --activate-now switch signing at once (to the pending key if there is one)
   revoke <kid>               emergency: unpublish a key at once and destroy its private part; revoking
-                             the active key activates a replacement in the same transaction
+                             the active key activates a replacement in the same transaction; verifiers
+                             that follow the revocation feed refuse its tokens within about a second
   jwks                       print the public JWKS (pending + active + retired keys)
 
 Reads the same environment as "portcullis rotation" (store, PORTCULLIS_KEY_SECRETS, KEY_SIZE and
-the lifecycle timings); see "portcullis rotation --help". LOG_LEVEL (warn): log lines go to stderr.`
+the lifecycle timings); see "portcullis rotation --help". LOG_LEVEL (warn): log lines go to stderr.
+The store is named on stderr first (one line). Run on the data folder of a running "portcullis
+start", the command uses the stack's store, or refuses naming both when its settings name another.`
 
 const iso = (ms: number | null): string => (ms === null ? '' : new Date(ms).toISOString())
 
@@ -37,19 +41,18 @@ function rows (keys: readonly KeyRecord[], timings: ReturnType<typeof keyTimings
   }))
 }
 
-async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof keyTimingsFromEnv>) => Promise<T>, existing = true): Promise<T> {
+async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof keyTimingsFromEnv>, db: Db) => Promise<T>, existing = true): Promise<T> {
   const env = process.env
-  const dbOpts = dbOptionsFromEnv(env)
-  if (existing) requireExistingStore(dbOpts) // before a local secret could be generated
   const timings = keyTimingsFromEnv(env)
   const keySize = Number(envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))) as KeySize
   // Human output goes to stdout; log lines (state changes, warnings) to stderr.
   const level = envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn')
   const log = pino(loggerOptions('keys', level), pino.destination(2))
-  const secrets = await loadKeySecrets(env, dbOpts.dataDir, log, { create: !existing })
-  const db = openDb(dbOpts)
+  // A missing SQLite store stops an `existing` command here, before a local secret could be generated.
+  const { db, dbOpts } = await openCommandStore(env, { existing })
   try {
-    return await fn(await openKeyStore(db, { secrets, timings, keySize, log }), timings)
+    const secrets = await loadKeySecrets(env, dbOpts.dataDir, log, { create: !existing })
+    return await fn(await openKeyStore(db, { secrets, timings, keySize, log }), timings, db)
   } finally {
     await db.close()
   }
@@ -105,9 +108,11 @@ export async function run (argv: string[]): Promise<number> {
     }
     case 'revoke': {
       const { pos } = expectArgs(cmd, rest, [], 1)
-      return await withStore(async (store) => {
+      return await withStore(async (store, _timings, db) => {
         const r = await store.revoke(pos[0]!)
-        console.log(`revoked key ${r.kid}: it left the JWKS and its private part is destroyed`)
+        // pushed to every verifier on the issuer's revocation feed: its tokens are refused within about a second
+        await recordRevocation(db, 'kid', r.kid, 'key_revoked')
+        console.log(`revoked key ${r.kid}: it left the JWKS and its private part is destroyed; verifiers following the revocation feed refuse its tokens now`)
         if (r.replacement !== undefined) console.log(`key ${r.replacement} is now the active key`)
         return 0
       })

@@ -6,13 +6,24 @@ import { STOP_WITH_STACK_ENV } from './stack/children.js'
 
 /**
  * A child of `portcullis start` stops (SIGTERM to itself: the command's own graceful shutdown) when
- * its IPC channel to the stack closes. Nothing happens without the channel (a process run by hand).
+ * its IPC channel to the stack closes, or when it is no longer the stack's child (its parent pid
+ * changed: the stack died, and the channel's close was not seen; a CI run once kept a child up 40 s
+ * after the stack's SIGKILL). Nothing happens without the channel (a process run by hand).
  */
 function stopWithStack (): void {
   delete process.env[STOP_WITH_STACK_ENV] // not passed on to anything this process starts
   if (process.channel === undefined) return
   process.channel.unref() // never the reason the process stays up
-  process.once('disconnect', () => { process.kill(process.pid, 'SIGTERM') })
+  const parent = process.ppid
+  let stopping = false
+  const stop = (): void => {
+    if (stopping) return
+    stopping = true
+    clearInterval(watch)
+    process.kill(process.pid, 'SIGTERM')
+  }
+  const watch = setInterval(() => { if (process.ppid !== parent) stop() }, 1000).unref()
+  process.once('disconnect', stop)
 }
 
 const USAGE = `Usage: portcullis <command> [options]

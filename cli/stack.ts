@@ -3,19 +3,21 @@ import { join, resolve } from 'node:path'
 import { envBool, envDuration, envEnum, envHelp, envInt, envString, type Env, type EnvTable, type ProcessEnv, wrapHelp } from '../lib/env.js'
 import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenError } from '../lib/listen.js'
-import { openDb } from '../store/index.js'
+import { openDb, type StoreLocation } from '../store/index.js'
 import { dbOptionsFromEnv, makeDataDir, STORE_ENV } from '../store/config.js'
 import { startChild, stopChildren, waitForHttp, type ChildSpec, type LogFormat, type RunningChild } from './stack/children.js'
-import { seedDemo, type DemoState } from './stack/demo.js'
+import { DEMO_LOGIN_USER_MAX, seedDemo, type DemoState } from './stack/demo.js'
 import { writeStackRouteFile } from './stack/routes.js'
+import { removeStackState, runningStack, stackState, writeStackState, STACK_STATE_FILE } from '../store/stack-state.js'
 import { banner, type StackUrls } from './stack/walkthrough.js'
+import { describeStore } from '../store/command-store.js'
 
 /** Every variable the stack reads for itself; `--help` and docs/configuration.md list these. */
 export const STACK_ENV: EnvTable = [
   ['PORTCULLIS_DEMO', 'true', 'demo mode, true/false: create the demo users and client on the first start, print them, give order-service the client (--demo / --no-demo win over it)'],
   ['STACK_LOG_FORMAT', 'pretty on a terminal, else json', 'child log lines as "time LEVEL msg k=v" (pretty) or raw pino JSON (json), each after a [name] prefix (--log-format wins over it)'],
   ['STACK_READY_TIMEOUT', '1m', 'how long to wait for each process to be ready before stopping everything'],
-  ['STACK_STOP_TIMEOUT', '10s', 'grace period before a child that ignores SIGTERM is killed'],
+  ['STACK_STOP_TIMEOUT', '10s', 'grace period before a child that has not stopped on SIGINT is killed'],
   ['STACK_RATE_LIMIT_MAX', '100', 'requests per minute per caller on each route of the generated route table'],
   ['STACK_PRODUCTS_RATE_LIMIT_MAX', '10', 'the same for /api/products, low to show a 429'],
   ['NO_COLOR', 'unset', 'set (to anything): the [name] prefixes of child log lines are not coloured']
@@ -29,11 +31,15 @@ export const STACK_PROCESS_ENV: ProcessEnv = { own: STACK_ENV, shared: [STORE_EN
  * table (AUTH_ENV, GATEWAY_ENV, ROTATION_ENV, SERVICE_ENV).
  */
 export const STACK_CHILD_ENV: ReadonlyArray<readonly [names: readonly string[], use: string]> = [
-  [['AUTH_HOST', 'AUTH_PORT', 'AUTH_ADMIN_PORT', 'GATEWAY_HOST', 'GATEWAY_PORT', 'GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 'ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 'SERVICE_HOST', 'USER_SERVICE_PORT', 'ORDER_SERVICE_PORT', 'PRODUCT_SERVICE_PORT'],
+  [['AUTH_HOST', 'AUTH_PORT', 'AUTH_ADMIN_HOST', 'AUTH_ADMIN_PORT', 'GATEWAY_HOST', 'GATEWAY_PORT', 'GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 'ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT',
+    'SERVICE_HOST', 'USER_SERVICE_PORT', 'ORDER_SERVICE_PORT', 'PRODUCT_SERVICE_PORT', 'SERVICE_ADMIN_HOST', 'USER_SERVICE_ADMIN_PORT', 'ORDER_SERVICE_ADMIN_PORT', 'PRODUCT_SERVICE_ADMIN_PORT'],
     'where the stack waits for each child and the URLs it prints; all checked free before anything starts (0, any free port, is refused)'],
+  [['AUTH_LOGIN_USER_MAX'], `unset in demo mode: ${DEMO_LOGIN_USER_MAX} for auth (the walkthrough logs alice and bob in on every paste; auth's own default, 5 per 5 minutes, is for real accounts)`],
   [['AUTH_ISSUER'], 'unset: http://AUTH_HOST:AUTH_PORT; passed to every child and named in the generated route file'],
   [['AUTH_AUDIENCE'], 'its first entry is the audience of the generated route file'],
   [['GATEWAY_CONFIG'], 'unset: a route table for the three services is written to <data dir>/gateway-routes.yaml on every start and passed to the gateway'],
+  [['GATEWAY_STATUS_KEYS_URL'], 'unset: auth\'s admin /keys, so the gateway\'s /status page shows the key timeline'],
+  [['AUTH_REVOCATIONS_URL'], 'unset: <issuer>/auth/revocations for the services (the generated route file names it for the gateway), so revocations reach every verifier'],
   [['SERVICE_CLIENT_ID'], 'unset in demo mode: order-service gets the demo client (SERVICE_CLIENT_ID and SERVICE_CLIENT_SECRET)'],
   [['PASSWORD_SCRYPT_N', 'PASSWORD_SCRYPT_R', 'PASSWORD_SCRYPT_P'], 'scrypt parameters of the demo users\' password hashes, as auth hashes them']
 ]
@@ -46,14 +52,20 @@ function childEnvHelp (): string {
 export const help = `Usage: portcullis start [--demo | --no-demo] [--log-format pretty|json]
 
 Starts the whole stack as child processes of this one, on the embedded SQLite store in
-PORTCULLIS_DATA_DIR (./data): the rotation worker, auth, the user/order/product example services and
-the gateway (with a route table for the three services written to <data dir>/gateway-routes.yaml
-unless GATEWAY_CONFIG names your own). Each child's log lines are prefixed with its name; Ctrl-C
-(or SIGTERM) stops them all. A second start reuses the data folder: same keys, users and clients.
+PORTCULLIS_DATA_DIR (./data), or on PostgreSQL with DATABASE_URL: the rotation worker, auth, the
+user/order/product example services and the gateway (with a route table for the three services
+written to <data dir>/gateway-routes.yaml unless GATEWAY_CONFIG names your own). Each child's log
+lines are prefixed with its name; Ctrl-C (or SIGTERM) stops them all, each with SIGINT (no drain
+delay). A second start reuses the data folder: same keys, users and clients. While it runs,
+<data dir>/${STACK_STATE_FILE} names its pid and store: "portcullis keys|users|clients" run on the
+same data folder use that store, or refuse when their own settings name another one; a second
+stack on the folder refuses to start.
 
 Demo mode (on by default for "portcullis start", off for the single-process commands) creates the
 demo users alice, bob and admin and a demo service client "order-service" on the first start only,
-prints them, and gives order-service its client so it can call product-service as itself.
+prints them, and gives order-service its client so it can call product-service as itself. Their
+passwords are public, so auth's per-username login limit is raised to ${DEMO_LOGIN_USER_MAX} per window
+(AUTH_LOGIN_USER_MAX, unless set): the walkthrough it prints can be pasted again and again.
 
 Options:
   --demo / --no-demo         create and print the demo accounts (default: PORTCULLIS_DEMO, else on)
@@ -82,14 +94,18 @@ function parseFlags (argv: string[]): StackFlags {
   return flags
 }
 
-/** Where each child will listen, by port setting: host and port (defaults as the children have them). */
+/**
+ * Where each child will listen, by port setting: host and port. The defaults are the children's own
+ * (a process's config module cannot be imported here; test/stack-config.test.ts compares them).
+ */
 export function listeners (env: Env): Map<string, { host: string, port: number }> {
   const at = (hostVar: string, portVar: string, def: number): [string, { host: string, port: number }] =>
     [portVar, { host: envString(env, hostVar, '127.0.0.1'), port: envInt(env, portVar, def, { min: 1, max: 65535 }) }]
   return new Map([
-    at('ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 9464), at('AUTH_HOST', 'AUTH_PORT', 3000), at('AUTH_HOST', 'AUTH_ADMIN_PORT', 9091),
+    at('ROTATION_METRICS_HOST', 'ROTATION_METRICS_PORT', 8092), at('AUTH_HOST', 'AUTH_PORT', 3010), at('AUTH_ADMIN_HOST', 'AUTH_ADMIN_PORT', 8091),
     at('SERVICE_HOST', 'USER_SERVICE_PORT', 3001), at('SERVICE_HOST', 'PRODUCT_SERVICE_PORT', 3003), at('SERVICE_HOST', 'ORDER_SERVICE_PORT', 3002),
-    at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 9090)
+    at('SERVICE_ADMIN_HOST', 'USER_SERVICE_ADMIN_PORT', 8093), at('SERVICE_ADMIN_HOST', 'ORDER_SERVICE_ADMIN_PORT', 8094), at('SERVICE_ADMIN_HOST', 'PRODUCT_SERVICE_ADMIN_PORT', 8095),
+    at('GATEWAY_HOST', 'GATEWAY_PORT', 8080), at('GATEWAY_ADMIN_HOST', 'GATEWAY_ADMIN_PORT', 8090)
   ])
 }
 
@@ -109,6 +125,9 @@ function urlsFromEnv (env: Env): StackUrls {
     user: url('USER_SERVICE_PORT'),
     order: url('ORDER_SERVICE_PORT'),
     product: url('PRODUCT_SERVICE_PORT'),
+    userAdmin: url('USER_SERVICE_ADMIN_PORT'),
+    orderAdmin: url('ORDER_SERVICE_ADMIN_PORT'),
+    productAdmin: url('PRODUCT_SERVICE_ADMIN_PORT'),
     gateway: url('GATEWAY_PORT'),
     gatewayAdmin: url('GATEWAY_ADMIN_PORT')
   }
@@ -154,16 +173,24 @@ export async function run (argv: string[]): Promise<number> {
   const audience = envString(env, 'AUTH_AUDIENCE', 'portcullis').split(',')[0]!.trim()
 
   makeDataDir(dataDir)
+  const other = runningStack(dataDir)
+  if (other !== undefined) {
+    throw new UsageError(`another stack runs on ${dataDir} (pid ${other.pid}, started ${other.startedAt}, on ${describeStore(other.store)}): stop it first, or give this one another PORTCULLIS_DATA_DIR`)
+  }
   const dbOpts = dbOptionsFromEnv({ ...env, PORTCULLIS_DATA_DIR: dataDir })
+  // The store is opened before any child starts: an unreachable one stops the stack here, and the
+  // state file names it as resolved (a PostgreSQL default schema is settled once connected).
+  let store: StoreLocation
   let demoState: DemoState | undefined
   let demoCreated = false
-  if (demo) {
-    const db = openDb(dbOpts)
-    try {
-      ({ state: demoState, created: demoCreated } = await seedDemo(db, dataDir, env))
-    } finally {
-      await db.close()
-    }
+  const db = openDb(dbOpts)
+  try {
+    await db.ready()
+    store = db.location
+    console.error(`portcullis start: store: ${describeStore(store)}`)
+    if (demo) ({ state: demoState, created: demoCreated } = await seedDemo(db, dataDir, env))
+  } finally {
+    await db.close()
   }
   let routeFile = envString(env, 'GATEWAY_CONFIG')
   if (routeFile === undefined) {
@@ -174,16 +201,23 @@ export async function run (argv: string[]): Promise<number> {
   }
 
   const common = { PORTCULLIS_DATA_DIR: dataDir, AUTH_ISSUER: urls.issuer }
+  // every example service follows the issuer's revocation feed
+  const serviceEnv = { ...common, AUTH_REVOCATIONS_URL: envString(env, 'AUTH_REVOCATIONS_URL') ?? `${urls.issuer}/auth/revocations` }
+  // Demo accounts have public passwords: the per-username limit protects nothing there, and at auth's
+  // own 5 per 5 minutes the sixth paste of the walkthrough within 5 minutes would be refused.
+  const authLimits: Record<string, string> = demoState !== undefined && envString(env, 'AUTH_LOGIN_USER_MAX') === undefined
+    ? { AUTH_LOGIN_USER_MAX: String(DEMO_LOGIN_USER_MAX) }
+    : {}
   const orderClient: Record<string, string> = demoState !== undefined && env.SERVICE_CLIENT_ID === undefined
     ? { SERVICE_CLIENT_ID: demoState.client.clientId, SERVICE_CLIENT_SECRET: demoState.client.clientSecret }
     : {}
   const specs: Record<string, ChildSpec> = {
     rotation: { name: 'rotation', args: ['rotation'], env: common },
-    auth: { name: 'auth', args: ['auth'], env: common },
-    user: { name: 'user', args: ['services', 'user'], env: common },
-    product: { name: 'product', args: ['services', 'product'], env: common },
-    order: { name: 'order', args: ['services', 'order'], env: { ...common, ...orderClient } },
-    gateway: { name: 'gateway', args: ['gateway'], env: { ...common, GATEWAY_CONFIG: routeFile } }
+    auth: { name: 'auth', args: ['auth'], env: { ...common, ...authLimits } },
+    user: { name: 'user', args: ['services', 'user'], env: serviceEnv },
+    product: { name: 'product', args: ['services', 'product'], env: serviceEnv },
+    order: { name: 'order', args: ['services', 'order'], env: { ...serviceEnv, ...orderClient } },
+    gateway: { name: 'gateway', args: ['gateway'], env: { ...common, GATEWAY_CONFIG: routeFile, GATEWAY_STATUS_KEYS_URL: envString(env, 'GATEWAY_STATUS_KEYS_URL') ?? `${urls.authAdmin}/keys` } }
   }
   const width = Math.max(...Object.keys(specs).map((k) => k.length))
   const color = process.stdout.isTTY && env.NO_COLOR === undefined
@@ -204,9 +238,13 @@ export async function run (argv: string[]): Promise<number> {
   const onSignal = (signal: NodeJS.Signals): void => { void stop(0, `${signal} received`) }
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
   for (const s of signals) process.on(s, onSignal)
-  // Last resort if this process dies without stopping them (an uncaught error): no orphans.
-  const killAll = (): void => { for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL') }
+  // Last resort if this process dies without stopping them (an uncaught error): no orphans, no state file.
+  const killAll = (): void => {
+    for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL')
+    removeStackState(dataDir)
+  }
   process.on('exit', killAll)
+  writeStackState(stackState(dataDir, store, dbOpts))
 
   const launch = (key: string): RunningChild => {
     const child = startChild(specs[key]!, children.length, process.stdout, { format: logFormat, color, width })
@@ -230,9 +268,9 @@ export async function run (argv: string[]): Promise<number> {
     await ready(auth, `${urls.authAdmin}/health/ready`)
     // order-service calls the other two (its background catalog refresh starts at once).
     const leaves = (['user', 'product'] as const).map((k) => ({ k, child: launch(k) }))
-    await Promise.all(leaves.map(({ k, child }) => ready(child, `${urls[k]}/health`)))
+    await Promise.all(leaves.map(({ k, child }) => ready(child, `${urls[`${k}Admin`]}/health/ready`)))
     const order = launch('order')
-    await ready(order, `${urls.order}/health`)
+    await ready(order, `${urls.orderAdmin}/health/ready`)
     const gateway = launch('gateway')
     await ready(gateway, `${urls.gatewayAdmin}/health/ready`)
   } catch (err) {
@@ -242,6 +280,7 @@ export async function run (argv: string[]): Promise<number> {
     process.stdout.write(banner({ urls, dataDir, routeFile, demo: demoState, demoCreated }))
   }
   await stopped
+  removeStackState(dataDir)
   for (const s of signals) process.off(s, onSignal)
   process.off('exit', killAll)
   return exitCode

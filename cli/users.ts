@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { UsageError } from '../lib/errors.js'
-import { dbOptionsFromEnv, requireExistingStore } from '../store/config.js'
-import { openDb, type Db } from '../store/index.js'
+import type { Db } from '../store/index.js'
 import { PasswordHasher, scryptParamsFromEnv } from '../store/password.js'
 import { openRefreshStore } from '../store/refresh.js'
+import { recordRevocation } from './revoke.js'
 import { openUserStore, type UserStore } from '../store/users.js'
 import { table } from './output.js'
+import { openCommandStore } from '../store/command-store.js'
 
 export const help = `Usage: portcullis users <command>
 
@@ -16,13 +17,18 @@ Commands:
                    random one is generated and printed once. Usernames are case-insensitive.
   list [--json]    every user: username, id (the tokens' sub), role, permissions, created
   remove <username>
-                   delete a user and revoke its refresh tokens (access tokens already issued stay
-                   valid until they expire, ACCESS_TOKEN_TTL)
+                   delete a user, revoke its refresh tokens, and its access tokens at every verifier
+                   that follows the issuer's revocation feed (within about a second)
+  revoke <username>
+                   keep the user, but end every session and refuse every token issued to it until
+                   now (refresh and access tokens); it can log in again
 
 Roles: lower-case identifiers (default "user"). Permissions: resource:action, e.g. order:read (the
 example services check order:read, order:create and product:write).
 Environment: DATABASE_URL, DATABASE_SCHEMA, PORTCULLIS_DATA_DIR (the store), PASSWORD_SCRYPT_N/R/P
-(scrypt parameters for new hashes; see portcullis auth --help).`
+(scrypt parameters for new hashes; see portcullis auth --help).
+The store is named on stderr first (one line). Run on the data folder of a running "portcullis
+start", the command uses the stack's store, or refuses naming both when its settings name another.`
 
 /** node:util parseArgs with usage errors as one line. */
 export function parseCommandArgs (prefix: string, args: string[], options: ParseArgsConfig['options'], positionals: number | [min: number, max: number]): { values: Record<string, string | boolean | undefined>, pos: string[] } {
@@ -56,10 +62,8 @@ async function readStdin (): Promise<string> {
 
 async function withUsers<T> (fn: (users: UserStore, db: Db) => Promise<T>, existing = true): Promise<T> {
   const env = process.env
-  const dbOpts = dbOptionsFromEnv(env)
-  if (existing) requireExistingStore(dbOpts)
   const hasher = new PasswordHasher({ params: scryptParamsFromEnv(env) })
-  const db = openDb(dbOpts)
+  const { db } = await openCommandStore(env, { existing })
   try {
     return await fn(await openUserStore(db, { hasher }), db)
   } finally {
@@ -108,13 +112,25 @@ export async function run (argv: string[]): Promise<number> {
         const id = await users.remove(pos[0]!)
         if (id === null) throw new UsageError(`users remove: no user "${pos[0]}"`)
         const revoked = await (await openRefreshStore(db)).revokeSubject(id)
-        console.log(`removed user ${pos[0]!.toLowerCase()}; revoked ${revoked} refresh-token famil${revoked === 1 ? 'y' : 'ies'}`)
+        await recordRevocation(db, 'sub', id, 'user_removed')
+        console.log(`removed user ${pos[0]!.toLowerCase()}; revoked ${revoked} refresh-token famil${revoked === 1 ? 'y' : 'ies'} and its access tokens`)
+        return 0
+      })
+    }
+    case 'revoke': {
+      const { pos } = parseCommandArgs('users revoke', rest, {}, 1)
+      return await withUsers(async (users, db) => {
+        const user = (await users.list()).find((u) => u.username === pos[0]!.toLowerCase())
+        if (user === undefined) throw new UsageError(`users revoke: no user "${pos[0]}"`)
+        const revoked = await (await openRefreshStore(db)).revokeSubject(user.id, 'user_revoked')
+        await recordRevocation(db, 'sub', user.id, 'user_revoked')
+        console.log(`revoked every token of ${user.username} issued until now: ${revoked} refresh-token famil${revoked === 1 ? 'y' : 'ies'} and its access tokens`)
         return 0
       })
     }
     case undefined:
-      throw new UsageError('users: missing command (add, list or remove); see portcullis users --help')
+      throw new UsageError('users: missing command (add, list, remove or revoke); see portcullis users --help')
     default:
-      throw new UsageError(`users: unknown command "${cmd}" (add, list or remove)`)
+      throw new UsageError(`users: unknown command "${cmd}" (add, list, remove or revoke)`)
   }
 }

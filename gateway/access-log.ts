@@ -1,5 +1,6 @@
 import pino, { type Logger } from 'pino'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import { traceContextOf, type TraceContext } from '@portcullis/core'
 
 /** Marks a pino logger made by `gatewayLogger`: default formatting, so the access line can be written directly. */
 export const kPlainFormat = Symbol('portcullis.plainFormat')
@@ -70,7 +71,7 @@ const HELD_RECORDS = 64
  * are rendered once: route patterns and methods (few), and the last time, sub and client address
  * seen (many requests share a millisecond, a caller, a connection).
  */
-function lineRenderer (bindings: string): (time: number, id: string, method: string, url: string, route: string | undefined, statusCode: number, elapsed: number, sub: unknown, ip: string | undefined) => string {
+function lineRenderer (bindings: string): (time: number, id: string, trace: TraceContext | undefined, method: string, url: string, route: string | undefined, statusCode: number, elapsed: number, sub: unknown, ip: string | undefined) => string {
   const routes = new Map<string, string>() // route pattern -> its member
   const methods = new Map<string, string>() // method -> `,"method":"GET",`
   let lastTime = 0
@@ -79,7 +80,7 @@ function lineRenderer (bindings: string): (time: number, id: string, method: str
   let lastSubMember = ''
   let lastIp: string | undefined
   let lastIpMember = ''
-  return (time, id, m, url, pattern, statusCode, elapsed, sub, ip) => {
+  return (time, id, trace, m, url, pattern, statusCode, elapsed, sub, ip) => {
     if (time !== lastTime) {
       lastTime = time
       lastHead = `{"level":30,"time":${time}${bindings},"reqId":`
@@ -100,7 +101,9 @@ function lineRenderer (bindings: string): (time: number, id: string, method: str
       lastIpMember = ip === undefined ? '' : `,"ip":${jsonString(ip)}`
     }
     // like pino, a field whose value is undefined is left out
-    return `${lastHead}${jsonString(id)}${method}"url":${jsonString(url)}${route},"statusCode":${statusCode},` +
+    // the request logger's bindings: reqId, then the trace fields of the tracing plugin (hex ids)
+    const traceMembers = trace === undefined ? '' : `,"trace_id":"${trace.traceId}","span_id":"${trace.spanId}"`
+    return `${lastHead}${jsonString(id)}${traceMembers}${method}"url":${jsonString(url)}${route},"statusCode":${statusCode},` +
       `"responseTime":${Math.round(elapsed * 1000) / 1000}${lastSubMember}${lastIpMember},"msg":"request completed"}\n`
   }
 }
@@ -125,7 +128,7 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   if (!defers(stream)) {
     return (request, reply) => {
       if (!logger.isLevelEnabled('info')) return
-      stream.write(render(Date.now(), request.id, request.method, request.url, request.routeOptions.url, reply.statusCode, reply.elapsedTime, request.user?.sub, ipOf(request)))
+      stream.write(render(Date.now(), request.id, traceContextOf(request.raw), request.method, request.url, request.routeOptions.url, reply.statusCode, reply.elapsedTime, request.user?.sub, ipOf(request)))
     }
   }
   // parallel arrays: one slot per held record, no object per request
@@ -133,6 +136,7 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
   const elapsed = new Float64Array(HELD_RECORDS)
   const statuses = new Uint16Array(HELD_RECORDS)
   const ids = new Array<string>(HELD_RECORDS).fill('')
+  const traces = new Array<TraceContext | undefined>(HELD_RECORDS).fill(undefined)
   const methods = new Array<string>(HELD_RECORDS).fill('')
   const urls = new Array<string>(HELD_RECORDS).fill('')
   const routes = new Array<string | undefined>(HELD_RECORDS).fill(undefined)
@@ -145,10 +149,10 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
     // flushed by append) finds nothing held and returns
     held = 0
     for (let i = 0; i < n; i++) {
-      stream.append(render(times[i]!, ids[i]!, methods[i]!, urls[i]!, routes[i], statuses[i]!, elapsed[i]!, subs[i], ips[i]))
+      stream.append(render(times[i]!, ids[i]!, traces[i], methods[i]!, urls[i]!, routes[i], statuses[i]!, elapsed[i]!, subs[i], ips[i]))
       // let the strings of written lines go
       ids[i] = urls[i] = ''
-      routes[i] = subs[i] = ips[i] = undefined
+      routes[i] = subs[i] = ips[i] = traces[i] = undefined
     }
   }
   stream.holdBack(drain)
@@ -159,6 +163,7 @@ export function accessLogger (logger: Logger | undefined): (request: FastifyRequ
     elapsed[i] = reply.elapsedTime
     statuses[i] = reply.statusCode
     ids[i] = request.id
+    traces[i] = traceContextOf(request.raw)
     methods[i] = request.method
     urls[i] = request.url
     routes[i] = request.routeOptions.url

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { extname } from 'node:path'
 import AjvModule, { type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
@@ -72,14 +73,83 @@ interface RawFile {
 const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true })
 const validate = ajv.compile<RawFile>(ROUTE_FILE_SCHEMA)
 
-function seconds (d: Duration | undefined, def: number): number {
+/**
+ * Seconds of a duration the schema let through; `at` names the setting in the error. The pattern
+ * also matches `0s` and runs of digits too long for a number: zero would switch an upstream
+ * timeout off (and a zero rate-limit window fails the boot), an infinite one never ends.
+ */
+function seconds (d: Duration | undefined, def: number, source: string, at: string): number {
   if (d === undefined) return def
-  return typeof d === 'number' ? d : parseDuration(d)!
+  const s = typeof d === 'number' ? d : parseDuration(d)!
+  if (!(s > 0)) throw new ConfigError(source, `${at}: must be a duration greater than zero`)
+  if (!Number.isFinite(s * 1000)) throw new ConfigError(source, `${at}: must be a finite duration`)
+  return s
 }
 
-function rateLimitOf (r: RawRateLimit | undefined, def: number): RateLimitSetting | false | undefined {
+function rateLimitOf (r: RawRateLimit | undefined, def: number, source: string, at: string): RateLimitSetting | false | undefined {
   if (r === undefined || r === false) return r
-  return { max: r.max, timeWindow: seconds(r.timeWindow, def) }
+  return { max: r.max, timeWindow: seconds(r.timeWindow, def, source, `${at}/timeWindow`) }
+}
+
+/** The address ranges proxy-addr (Fastify's `trustProxy`) knows by name. */
+const PROXY_RANGES = new Set(['loopback', 'linklocal', 'uniquelocal'])
+
+/** Prefix length of a contiguous IPv4 netmask (255.255.0.0 -> 16), else undefined. */
+function netmaskBits (mask: string): number | undefined {
+  if (isIP(mask) !== 4) return undefined
+  const n = mask.split('.').reduce((acc, o) => acc * 256 + Number(o), 0)
+  const bits = n.toString(2).padStart(32, '0')
+  return /^1*0*$/.test(bits) ? bits.indexOf('0') === -1 ? 32 : bits.indexOf('0') : undefined
+}
+
+/**
+ * Why one trusted-proxy entry would make Fastify throw at boot (proxy-addr compiles them then):
+ * an address, an address with a prefix length or an IPv4 netmask, or a named range.
+ */
+function proxyEntryProblem (entry: string): string | undefined {
+  if (PROXY_RANGES.has(entry)) return undefined
+  const slash = entry.lastIndexOf('/')
+  const address = slash === -1 ? entry : entry.slice(0, slash)
+  const kind = isIP(address)
+  if (kind === 0) return `${JSON.stringify(entry)} is not an IP address, a CIDR range or one of ${[...PROXY_RANGES].join(', ')}`
+  if (slash === -1) return undefined
+  const range = entry.slice(slash + 1)
+  const max = kind === 4 ? 32 : 128
+  const bits = /^\d+$/.test(range) ? Number(range) : kind === 4 ? netmaskBits(range) : undefined
+  if (bits === undefined || bits < 1 || bits > max) return `${JSON.stringify(entry)}: the prefix length must be 1 to ${max}${kind === 4 ? ' (or a netmask)' : ''}`
+  return undefined
+}
+
+function checkTrustProxy (tp: RawFile['trustProxy'], source: string): void {
+  // Fastify splits a string at commas and trims each part; list entries are taken as they are
+  const entries: Array<[string, string]> = typeof tp === 'string'
+    ? tp.split(',').map((e) => ['trustProxy', e.trim()])
+    : Array.isArray(tp) ? tp.map((e, i) => [`trustProxy/${i}`, e]) : []
+  for (const [at, entry] of entries) {
+    const problem = proxyEntryProblem(entry)
+    if (problem !== undefined) throw new ConfigError(source, `${at}: ${problem}`)
+  }
+}
+
+/** The rules jwks-auth applies to its issuers at boot, checked here so a bad file names its setting. */
+function checkIssuers (issuers: IssuerConfig[], source: string): void {
+  const seen = new Set<string>()
+  issuers.forEach((iss, i) => {
+    const url = (value: string): URL | undefined => {
+      try { return new URL(value) } catch { return undefined }
+    }
+    if (url(iss.issuer) === undefined) throw new ConfigError(source, `issuers/${i}/issuer: not a valid URL`)
+    if (seen.has(iss.issuer)) throw new ConfigError(source, `issuers/${i}/issuer: "${iss.issuer}" is listed twice`)
+    seen.add(iss.issuer)
+    // without jwksUri, the keys are fetched from <issuer>/.well-known/jwks.json
+    const at = iss.jwksUri === undefined ? `issuers/${i}/issuer` : `issuers/${i}/jwksUri`
+    const jwks = url(iss.jwksUri ?? `${iss.issuer.replace(/\/+$/, '')}/.well-known/jwks.json`)
+    if (jwks === undefined) throw new ConfigError(source, `${at}: not a valid URL`)
+    if (jwks.pathname.endsWith('/') || jwks.search !== '' || jwks.hash !== '') {
+      throw new ConfigError(source, `${at}: the JWKS address must name a document (no trailing slash, query or fragment)`)
+    }
+    if (iss.revocations !== undefined && url(iss.revocations) === undefined) throw new ConfigError(source, `issuers/${i}/revocations: not a valid URL`)
+  })
 }
 
 /**
@@ -114,9 +184,9 @@ export function parseGatewayConfig (data: unknown, source: string): GatewayConfi
   if (!validate(data)) throw new ConfigError(source, describeSchemaError(validate.errors!))
   const file = data
   const defTimeouts: Timeouts = {
-    connect: seconds(file.timeouts?.connect, DEFAULT_TIMEOUTS.connect),
-    headers: seconds(file.timeouts?.headers, DEFAULT_TIMEOUTS.headers),
-    body: seconds(file.timeouts?.body, DEFAULT_TIMEOUTS.body)
+    connect: seconds(file.timeouts?.connect, DEFAULT_TIMEOUTS.connect, source, 'timeouts/connect'),
+    headers: seconds(file.timeouts?.headers, DEFAULT_TIMEOUTS.headers, source, 'timeouts/headers'),
+    body: seconds(file.timeouts?.body, DEFAULT_TIMEOUTS.body, source, 'timeouts/body')
   }
   const seen = new Set<string>()
   const routes = file.routes.map((r, i): RouteConfig => {
@@ -140,11 +210,11 @@ export function parseGatewayConfig (data: unknown, source: string): GatewayConfi
       roles: r.roles ?? [],
       permissions: r.permissions ?? [],
       scopes: r.scopes ?? [],
-      rateLimit: rateLimitOf(r.rateLimit, DEFAULT_RATE_LIMIT.timeWindow),
+      rateLimit: rateLimitOf(r.rateLimit, DEFAULT_RATE_LIMIT.timeWindow, source, `routes/${i}/rateLimit`),
       timeouts: {
-        connect: seconds(r.timeouts?.connect, defTimeouts.connect),
-        headers: seconds(r.timeouts?.headers, defTimeouts.headers),
-        body: seconds(r.timeouts?.body, defTimeouts.body)
+        connect: seconds(r.timeouts?.connect, defTimeouts.connect, source, `routes/${i}/timeouts/connect`),
+        headers: seconds(r.timeouts?.headers, defTimeouts.headers, source, `routes/${i}/timeouts/headers`),
+        body: seconds(r.timeouts?.body, defTimeouts.body, source, `routes/${i}/timeouts/body`)
       }
     }
   })
@@ -152,14 +222,16 @@ export function parseGatewayConfig (data: unknown, source: string): GatewayConfi
   if (issuers.length === 0 && routes.some((r) => r.auth)) {
     throw new ConfigError(source, 'issuers: at least one issuer is needed when a route has auth (the default)')
   }
-  const rl = rateLimitOf(file.rateLimit, DEFAULT_RATE_LIMIT.timeWindow)
+  checkIssuers(issuers, source)
+  checkTrustProxy(file.trustProxy, source)
+  const rl = rateLimitOf(file.rateLimit, DEFAULT_RATE_LIMIT.timeWindow, source, 'rateLimit')
   return {
     issuers,
     trustProxy: file.trustProxy ?? false,
     rateLimit: rl === undefined ? { ...DEFAULT_RATE_LIMIT } : rl,
     breaker: {
       failureThreshold: file.breaker?.failureThreshold ?? DEFAULT_BREAKER.failureThreshold,
-      resetTimeout: seconds(file.breaker?.resetTimeout, DEFAULT_BREAKER.resetTimeout)
+      resetTimeout: seconds(file.breaker?.resetTimeout, DEFAULT_BREAKER.resetTimeout, source, 'breaker/resetTimeout')
     },
     routes
   }

@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { FastifyRequest } from 'fastify'
-import { isRequestId } from '@portcullis/core'
+import { formatTraceparent, isRequestId, traceContextOf } from '@portcullis/core'
+
+/** The span of a request's upstream call, when spans are recorded (its id is the upstream's parent). */
+export const kUpstreamSpan = Symbol('portcullis.upstreamSpan')
 
 /** 16 random hex digits per process: ids stay distinct across replicas and restarts. */
 const ID_PREFIX = randomBytes(8).toString('hex')
@@ -85,6 +88,17 @@ export function upstreamHeaders (request: FastifyRequest, headers: IncomingHttpH
     if (host !== undefined) out['x-forwarded-host'] = host
   }
   out['x-request-id'] = request.id
+  // The trace context the gateway continues (tracing registered): the upstream's parent is the
+  // gateway's span of the call, or of the request; the caller's own headers are replaced. Without
+  // it, the caller's headers pass as they are.
+  const tc = traceContextOf(request.raw)
+  if (tc !== undefined) {
+    const child = request[kUpstreamSpan]
+    out.traceparent = child !== undefined ? child.traceparent : formatTraceparent(tc)
+    // (no `delete` on the common path: it would turn the object into a slow dictionary)
+    if (tc.tracestate !== undefined) out.tracestate = tc.tracestate
+    else if (out.tracestate !== undefined) delete out.tracestate
+  }
   const auth = request.headers.authorization
   if (auth !== undefined) out.authorization = auth
   if (user !== null && user !== undefined) {

@@ -1,4 +1,4 @@
-import type { FastifyInstance, onResponseHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onResponseHookHandler } from 'fastify'
 import { hookList } from '@portcullis/core'
 import { addFlusher, collectHotCounts, promClient, type Registry } from '@portcullis/metrics'
 
@@ -64,36 +64,57 @@ export function hotHistogram<L extends string> (histogram: promClient.Histogram<
   }
 }
 
+/** The `route` label of requests that matched no route (404, or 400 for a refused path): never the raw URL. fastify-metrics' `invalidRouteGroup` default, so the services' histograms would use the same value. */
+export const UNMATCHED_ROUTE = '__unknown__'
+
 /**
- * fastify-metrics' route histogram, recorded by a route-level onResponse hook that each route gets as
- * it is declared: the hook knows its route pattern, so no request reads
- * the `request.routeOptions` getter, and 404s (no route) are not recorded, as with fastify-metrics'
- * `registeredRoutesOnly`. Observations go through one hot histogram child per method and status.
+ * Latency buckets (seconds) of the gateway's request histogram: from 0.5 ms, where the gateway's own
+ * overhead shows (fastify-metrics' default starts at 5 ms), to 10 s.
  */
-export function leanHistogram (app: FastifyInstance, registry: Registry): void {
+export const GATEWAY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/** Records one request that matched no route, under `route="__unknown__"` (UNMATCHED_ROUTE). */
+export type UnmatchedRecorder = (request: FastifyRequest, reply: FastifyReply) => void
+
+/** method -> status -> observer, created on first use (methods and statuses are few). */
+function observers<L extends string> (histogram: promClient.Histogram<L>, route: string): (method: string, status: number) => HotHistogram {
+  const byMethod = new Map<string, Map<number, HotHistogram>>()
+  return (method, status) => {
+    let byStatus = byMethod.get(method)
+    if (byStatus === undefined) byMethod.set(method, byStatus = new Map())
+    let observer = byStatus.get(status)
+    if (observer === undefined) {
+      byStatus.set(status, observer = hotHistogram(histogram, { method, route, status_code: status } as unknown as promClient.LabelValues<L>))
+    }
+    return observer
+  }
+}
+
+/**
+ * fastify-metrics' route histogram (with GATEWAY_BUCKETS), recorded by a route-level onResponse hook
+ * that each route gets as it is declared: the hook knows its route pattern, so no request reads the
+ * `request.routeOptions` getter. Observations go through one hot histogram child per method and
+ * status. Requests that match no route are not recorded by these hooks: the returned recorder counts
+ * them under `route="__unknown__"` when the app's own onResponse hook sees `request.is404`.
+ */
+export function leanHistogram (app: FastifyInstance, registry: Registry): UnmatchedRecorder {
   const histogram = new promClient.Histogram({
     name: 'http_request_duration_seconds',
     help: 'request duration in seconds',
     labelNames: ['method', 'route', 'status_code'],
+    buckets: GATEWAY_BUCKETS,
     registers: [registry],
     collect: collectHotCounts
   })
   app.addHook('onRoute', (route) => {
     if ((route.config as { disableMetrics?: boolean } | undefined)?.disableMetrics === true) return // fastify-metrics' per-route opt-out
-    const pattern = route.url
-    // method -> status -> observer; a route has few of either
-    const byMethod = new Map<string, Map<number, HotHistogram>>()
+    const observer = observers(histogram, route.url)
     const record: onResponseHookHandler = function recordDuration (request, reply, done) {
-      const method = request.method
-      let byStatus = byMethod.get(method)
-      if (byStatus === undefined) byMethod.set(method, byStatus = new Map())
-      const status = reply.statusCode
-      let observer = byStatus.get(status)
-      if (observer === undefined) byStatus.set(status, observer = hotHistogram(histogram, { method, route: pattern, status_code: status }))
-      observer.observe(reply.elapsedTime / 1000)
+      observer(request.method, reply.statusCode).observe(reply.elapsedTime / 1000)
       done()
     }
     route.onResponse = [...hookList(route.onResponse), record]
   })
+  const unmatched = observers(histogram, UNMATCHED_ROUTE)
+  return (request, reply) => { unmatched(request.method, reply.statusCode).observe(reply.elapsedTime / 1000) }
 }
-

@@ -5,9 +5,14 @@ import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenOn } from '../lib/listen.js'
 import { durationText, envBool, envDuration, envHelp, envInt, envString, envUrl, LOG_ENV, logLevelFromEnv, type Env, type EnvTable, type ProcessEnv } from '../lib/env.js'
 import { JWKS_ENV, jwksOptionsFromEnv } from '../lib/jwks-env.js'
+import { TRACING_ENV, tracingFromEnv } from '../lib/tracing-env.js'
+import type { TracingPluginOptions } from '@portcullis/tracing'
 import { DEFAULT_REDIS_COMMAND_TIMEOUT } from '@portcullis/rate-limit'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
+import { GatewayRuntime, type RuntimeOptions } from './runtime.js'
+import { checkProblems, envProblems, reportCheck } from '../lib/check.js'
+import { DEFAULT_DRAIN_DELAY } from '../lib/drain.js'
 import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
 import { checkListenerLimits, defaultMaxConnections, DEFAULT_HEADERS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, type ListenerLimits } from './listener.js'
 
@@ -16,13 +21,13 @@ export const DEFAULT_SHUTDOWN_GRACE = 30 // seconds
 
 export const DEFAULT_GATEWAY_HOST = '127.0.0.1'
 export const DEFAULT_GATEWAY_PORT = 8080
-export const DEFAULT_GATEWAY_ADMIN_PORT = 9090
+export const DEFAULT_GATEWAY_ADMIN_PORT = 8090
 
 /** Every variable the gateway reads itself (settingsFromEnv); `--help` and docs/configuration.md list these. */
 export const GATEWAY_ENV: EnvTable = [
   ['GATEWAY_HOST', DEFAULT_GATEWAY_HOST, 'public listener address'],
   ['GATEWAY_PORT', String(DEFAULT_GATEWAY_PORT), 'public listener port'],
-  ['GATEWAY_ADMIN_HOST', DEFAULT_GATEWAY_HOST, 'admin listener address (/health/live, /health/ready, /metrics)'],
+  ['GATEWAY_ADMIN_HOST', DEFAULT_GATEWAY_HOST, 'admin listener address (/health/live, /health/ready, /metrics, /config, /status)'],
   ['GATEWAY_ADMIN_PORT', String(DEFAULT_GATEWAY_ADMIN_PORT), 'admin listener port'],
   ['GATEWAY_CONFIG', 'gateway/routes.example.yaml', 'the route file, YAML (or JSON when it ends in .json): issuers, routes, rate limits, timeouts'],
   ['REDIS_URL', 'unset', 'redis:// or rediss:// URL: rate-limit counters shared by every gateway replica (unset: in memory, per process)'],
@@ -31,22 +36,29 @@ export const GATEWAY_ENV: EnvTable = [
   ['GATEWAY_TLS_CERT', 'unset', 'PEM certificate file: the public listener serves HTTPS and sends HSTS (unset: HTTP)'],
   ['GATEWAY_TLS_KEY', 'unset', 'PEM private key file (set together with GATEWAY_TLS_CERT)'],
   ['GATEWAY_HSTS_MAX_AGE', durationText(DEFAULT_HSTS_MAX_AGE), 'Strict-Transport-Security max-age under TLS'],
+  ['GATEWAY_DRAIN_DELAY', durationText(DEFAULT_DRAIN_DELAY), 'on SIGTERM, readiness answers 503 and requests are still served for this long before the listener closes, so load balancers stop sending first (SIGINT skips it)'],
   ['GATEWAY_SHUTDOWN_GRACE', durationText(DEFAULT_SHUTDOWN_GRACE), 'time to drain in-flight requests on SIGTERM/SIGINT before a forced exit'],
   ['GATEWAY_IDLE_TIMEOUT', durationText(DEFAULT_IDLE_TIMEOUT), 'a public connection with no traffic for this long is closed (0: never); longer than every route\'s timeouts'],
   ['GATEWAY_KEEP_ALIVE_TIMEOUT', durationText(DEFAULT_KEEP_ALIVE_TIMEOUT), 'an idle keep-alive connection is closed this long after its last response'],
   ['GATEWAY_HEADERS_TIMEOUT', durationText(DEFAULT_HEADERS_TIMEOUT), 'a request\'s headers must arrive within this (slow-header clients get 408 and are closed)'],
   ['GATEWAY_REQUEST_TIMEOUT', durationText(DEFAULT_REQUEST_TIMEOUT), 'the whole request, body included, must arrive within this (0: no limit)'],
   ['GATEWAY_MAX_CONNECTIONS', 'open-file limit - 256', 'public connections at most; more are closed on arrival, so clients never starve the gateway of descriptors for its upstreams'],
+  ['GATEWAY_STATUS_KEYS_URL', 'unset', 'the auth service\'s key timeline (its admin listener\'s /keys), shown by the admin listener\'s /status page and /status.json; unset: the page shows the kids of each issuer\'s JWKS without their timeline'],
   ['GATEWAY_MEMORY_TUNING', 'true', `true: the gateway sets V8's ${MEMORY_TUNING_FLAGS.join(' ')} on itself at start; false keeps V8's default heap sizing`]
 ]
 
 /** Everything `portcullis gateway` reads: GATEWAY_ENV, then the JWKS verifier settings and the log level. */
-export const GATEWAY_PROCESS_ENV: ProcessEnv = { own: GATEWAY_ENV, shared: [JWKS_ENV, LOG_ENV] }
+export const GATEWAY_PROCESS_ENV: ProcessEnv = { own: GATEWAY_ENV, shared: [JWKS_ENV, TRACING_ENV, LOG_ENV] }
 
-export const help = `Usage: portcullis gateway
+export const help = `Usage: portcullis gateway [--check [route-file]]
 
 Runs the API gateway: verifies tokens, authorizes, rate-limits and proxies to the upstreams listed in
 the route file. Health, readiness and Prometheus metrics are served on the admin port only.
+SIGHUP (or POST /config/reload on the admin port) reloads the route file without a restart: the new
+file is validated in full first, and on any error the running config stays.
+
+  --check [file]  validate the settings and the route file (GATEWAY_CONFIG, or file) as a start
+                  would, without listening: prints ok (exit 0) or every problem (exit 1)
 
 ${envHelp(GATEWAY_PROCESS_ENV)}`
 
@@ -63,8 +75,13 @@ export interface GatewaySettings {
   tls?: { cert: Buffer, key: Buffer }
   hstsMaxAge: number
   shutdownGrace: number
+  drainDelay: number
   memoryTuning: boolean
   listener: ListenerLimits
+  /** Trace export (the OpenTelemetry variables, TRACING_ENV). */
+  tracing: TracingPluginOptions
+  /** GATEWAY_STATUS_KEYS_URL. */
+  statusKeysUrl?: string
 }
 
 /**
@@ -99,6 +116,7 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       : { cert: read('GATEWAY_TLS_CERT', certPath), key: read('GATEWAY_TLS_KEY', keyPath) },
     hstsMaxAge: envDuration(env, 'GATEWAY_HSTS_MAX_AGE', DEFAULT_HSTS_MAX_AGE, { min: 0 }),
     shutdownGrace: envDuration(env, 'GATEWAY_SHUTDOWN_GRACE', DEFAULT_SHUTDOWN_GRACE, { min: 1 }),
+    drainDelay: envDuration(env, 'GATEWAY_DRAIN_DELAY', DEFAULT_DRAIN_DELAY, { min: 0 }),
     memoryTuning: envBool(env, 'GATEWAY_MEMORY_TUNING', true),
     listener: {
       idleTimeout: envDuration(env, 'GATEWAY_IDLE_TIMEOUT', DEFAULT_IDLE_TIMEOUT, { min: 0 }),
@@ -106,7 +124,9 @@ export function settingsFromEnv (env: Env): GatewaySettings {
       headersTimeout: envDuration(env, 'GATEWAY_HEADERS_TIMEOUT', DEFAULT_HEADERS_TIMEOUT, { min: 0.001 }),
       requestTimeout: envDuration(env, 'GATEWAY_REQUEST_TIMEOUT', DEFAULT_REQUEST_TIMEOUT, { min: 0 }),
       maxConnections: envInt(env, 'GATEWAY_MAX_CONNECTIONS', defaultMaxConnections(), { min: 1 })
-    }
+    },
+    tracing: tracingFromEnv(env, 'portcullis-gateway'),
+    statusKeysUrl: envUrl(env, 'GATEWAY_STATUS_KEYS_URL', ['http:', 'https:'])?.href
   }
 }
 
@@ -119,44 +139,96 @@ export async function createGateway (s: GatewaySettings, env: Env = process.env,
   if (s.memoryTuning) applyMemoryTuning()
   const config = loadGatewayConfig(s.configPath)
   checkListenerLimits(s.listener, config)
-  const gw = await buildGateway({
+  // the options the running gateway gets (runtimeOptions), less what only the runtime uses
+  const { configPath: _path, drainDelay: _drain, reloadKeysTimeout: _keys, statusKeysUrl: _status, ...opts } = runtimeOptions(s, env)
+  const gw = await buildGateway({ ...opts, config, ...extra })
+  return { gw, config }
+}
+
+/** The options of the running gateway (GatewayRuntime) from its settings. */
+export function runtimeOptions (s: GatewaySettings, env: Env = process.env): RuntimeOptions {
+  return {
+    configPath: s.configPath,
     listener: s.listener,
-    config,
     tls: s.tls,
     hstsMaxAge: s.hstsMaxAge,
     redisUrl: s.redisUrl,
     rateLimitFailClosed: s.failClosed,
     redisCommandTimeout: s.redisCommandTimeout,
     auth: jwksOptionsFromEnv(env),
-    ...extra
-  })
-  return { gw, config }
+    tracing: s.tracing,
+    statusKeysUrl: s.statusKeysUrl,
+    drainDelay: s.drainDelay
+  }
 }
 
-/** `portcullis gateway`: listens on the public and admin ports; SIGTERM/SIGINT drain, then exit. */
+/**
+ * `portcullis gateway --check [file]`: what a start would refuse, without listening or connecting:
+ * each environment variable, the route file, the timing rules between them, and the plugins' own
+ * option checks (a gateway is built and closed at once). Every problem is printed, one per setting.
+ */
+export async function check (file: string | undefined, env: Env = process.env, out?: (line: string) => void, err?: (line: string) => void): Promise<number> {
+  const names = [...GATEWAY_ENV.map(([n]) => n), 'LOG_LEVEL']
+  const problems = envProblems(env, names, settingsFromEnv, [['GATEWAY_TLS_CERT', 'GATEWAY_TLS_KEY']])
+  problems.push(...envProblems(env, JWKS_ENV.rows.map(([n]) => n), jwksOptionsFromEnv))
+  problems.push(...envProblems(env, TRACING_ENV.rows.map(([n]) => n), (e) => tracingFromEnv(e, 'portcullis-gateway')))
+  let s: GatewaySettings | undefined
+  try {
+    s = settingsFromEnv(env)
+  } catch { /* reported above */ }
+  const configPath = file ?? s?.configPath ?? envString(env, 'GATEWAY_CONFIG', DEFAULT_CONFIG_PATH)
+  let config: GatewayConfig | undefined
+  problems.push(...await checkProblems([
+    () => { config = loadGatewayConfig(configPath) },
+    () => { if (s !== undefined && config !== undefined) checkListenerLimits(s.listener, config) },
+    async () => {
+      if (s === undefined || config === undefined || problems.length > 0) return
+      // the plugins check their own options at registration; no Redis connection, nothing listens
+      const gw = await buildGateway({ config, listener: s.listener, external: true, auth: jwksOptionsFromEnv(env), logger: { level: 'silent' } })
+      try {
+        await gw.app.ready()
+      } finally {
+        await gw.close()
+      }
+    }
+  ]))
+  return reportCheck(`portcullis gateway --check ${configPath}`, problems, out, err)
+}
+
+/** `portcullis gateway`: listens on the public and admin ports; SIGHUP reloads the route file; SIGTERM/SIGINT drain, then exit. */
 export async function run (argv: string[]): Promise<number> {
+  if (argv[0] === '--check') {
+    if (argv.length > 2) throw new UsageError(`gateway: unexpected argument "${argv[2]}" (usage: portcullis gateway --check [route-file])`)
+    return await check(argv[1])
+  }
   if (argv.length > 0) throw new UsageError(`gateway: unknown argument "${argv[0]}" (settings come from the environment; see portcullis gateway --help)`)
   const s = settingsFromEnv(process.env)
-  const { gw, config } = await createGateway(s)
-  const log = gw.app.log
-  // On SIGTERM: stop accepting, let in-flight requests finish (Fastify closes idle keep-alive
-  // sockets and answers 503 on busy ones), then exit; forced exit after the grace period.
-  const grace = closeWithGrace({ delay: s.shutdownGrace * 1000, logger: { error: (m: unknown) => log.error(m) } }, async ({ signal, err }) => {
+  if (s.memoryTuning) applyMemoryTuning()
+  const rt = await GatewayRuntime.start(runtimeOptions(s))
+  const log = rt.log
+  const onHangup = (): void => { void rt.reload('SIGHUP') }
+  process.on('SIGHUP', onHangup)
+  // On SIGTERM: readiness 503, then stop accepting, let in-flight requests finish (idle keep-alive
+  // sockets are closed, busy ones get 503 with Connection: close), then exit; forced exit after the
+  // grace period. SIGHUP is a reload, not a shutdown.
+  const grace = closeWithGrace({ delay: (s.drainDelay + s.shutdownGrace) * 1000, skip: ['SIGHUP'], logger: { error: (m: unknown) => log.error(m) } }, async ({ signal, err }) => {
+    process.removeListener('SIGHUP', onHangup)
     if (err !== undefined) log.error({ err }, 'fatal error, shutting down')
-    else log.info({ signal }, 'shutting down: draining in-flight requests')
-    await gw.close()
+    else log.info({ signal }, 'shutting down: readiness 503, then draining in-flight requests')
+    await rt.close(signal)
     log.info('gateway stopped')
   })
   try {
-    await listenOn(gw.app, s.host, s.port, 'GATEWAY_PORT')
-    await listenOn(gw.admin, s.adminHost, s.adminPort, 'GATEWAY_ADMIN_PORT')
+    await rt.listen(s.host, s.port, 'GATEWAY_PORT')
+    await listenOn(rt.admin, s.adminHost, s.adminPort, 'GATEWAY_ADMIN_PORT')
   } catch (err) {
     // e.g. EADDRINUSE: close what was opened (Redis client, timers) so the process can exit with 1
     // (close-with-grace's beforeExit handler would otherwise exit 0)
     grace.uninstall()
-    await gw.close()
+    process.removeListener('SIGHUP', onHangup)
+    await rt.close()
     throw err
   }
-  log.info({ routes: config.routes.length, config: s.configPath, tls: s.tls !== undefined, redis: s.redisUrl !== undefined }, 'gateway ready')
+  log.info({ routes: rt.config.routes.length, config: s.configPath, version: rt.version, tls: s.tls !== undefined, redis: s.redisUrl !== undefined }, 'gateway ready')
   return 0
 }

@@ -55,7 +55,8 @@ export const ROUTE_FILE_SCHEMA = {
           issuer: { type: 'string', pattern: '^https?://' },
           jwksUri: { type: 'string', pattern: '^https?://' },
           audience: { anyOf: [{ type: 'string', minLength: 1 }, { ...nonEmptyStrings, minItems: 1 }] },
-          algorithms: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: SUPPORTED_ALGORITHMS } }
+          algorithms: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: SUPPORTED_ALGORITHMS } },
+          revocations: { type: 'string', pattern: '^https?://' }
         }
       }
     },

@@ -1,22 +1,32 @@
+import { performance } from 'node:perf_hooks'
 import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { CircuitBreaker, BREAKER_STATE_VALUE } from './breaker.js'
 import { CircuitOpenError } from './errors.js'
-import { downstreamHeaders, upstreamHeaders } from './headers.js'
-import { RETRYABLE_CODES, UpstreamPools, classify, clientError, countsAgainstBreaker, errorCode } from './upstream.js'
-import { promClient } from '@portcullis/metrics'
+import { downstreamHeaders, kUpstreamSpan, upstreamHeaders } from './headers.js'
+import { RETRYABLE_CODES, UPSTREAM_ERROR_KINDS, UpstreamPools, classify, clientError, countsAgainstBreaker, errorCode } from './upstream.js'
+import { collectHotCounts, promClient } from '@portcullis/metrics'
+import { GATEWAY_BUCKETS, hotHistogram, type HotHistogram } from './hot-histogram.js'
 import type { GatewayConfig, RouteConfig } from './config.js'
+import type { Pool } from 'undici'
+import type { ChildSpan } from '@portcullis/tracing'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
 const kProbe = Symbol('portcullis.breakerProbe')
+const kUpstreamStart = Symbol('portcullis.upstreamStart')
 
 declare module 'fastify' {
-  interface FastifyRequest { [kProbe]?: CircuitBreaker }
+  interface FastifyRequest { [kProbe]?: CircuitBreaker, [kUpstreamStart]: number, [kUpstreamSpan]: ChildSpan | undefined }
 }
 
 export interface RouteOptions {
   /** Clock for the circuit breakers (tests inject one). @defaultValue Date.now */
   now?: () => number
+  /**
+   * Upstream pools shared with other apps (the configs a reloading gateway swaps between): the app
+   * takes its pools from here and leaves them open when it closes. @defaultValue pools of its own, closed with it
+   */
+  pools?: UpstreamPools
 }
 
 /**
@@ -52,9 +62,10 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
  * timeouts, the upstream's circuit breaker, header hygiene and one consistent error shape.
  * Only the configured prefixes exist: any other path is a 404 from the router and is never proxied.
  */
-export async function registerRoutes (app: FastifyInstance, config: GatewayConfig, opts: RouteOptions = {}): Promise<void> {
-  const pools = new UpstreamPools()
-  app.addHook('onClose', async () => { await pools.close() })
+export async function registerRoutes (app: FastifyInstance, config: GatewayConfig, opts: RouteOptions = {}): Promise<Set<Pool>> {
+  const pools = opts.pools ?? new UpstreamPools()
+  if (opts.pools === undefined) app.addHook('onClose', async () => { await pools.close() })
+  const used = new Set<Pool>()
   const registry = app.metricsRegistry
   const upstreamErrors = new promClient.Counter({
     name: 'portcullis_upstream_errors_total',
@@ -69,6 +80,21 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
     registers: [registry]
   })
 
+  // Upstream time apart from the gateway's: from the request handed to the upstream (retry
+  // included) to its response headers; the route histogram holds the whole time
+  const upstreamDuration = new promClient.Histogram({
+    name: 'portcullis_upstream_duration_seconds',
+    help: 'Time from handing a request to its upstream to the upstream\'s response headers, by route name, upstream origin and status',
+    labelNames: ['route', 'upstream', 'status_code'],
+    buckets: GATEWAY_BUCKETS,
+    registers: [registry],
+    collect: collectHotCounts
+  })
+  if (!app.hasRequestDecorator(kUpstreamStart)) app.decorateRequest(kUpstreamStart, 0)
+  if (!app.hasRequestDecorator(kUpstreamSpan)) app.decorateRequest(kUpstreamSpan, undefined)
+  // one CLIENT span per upstream call when spans are recorded: upstream time apart from the gateway's
+  const spans = app.hasDecorator('tracing') && app.tracing.recording ? app.tracing : undefined
+
   const breakers = new Map<string, CircuitBreaker>()
   const breakerFor = (origin: string): CircuitBreaker => {
     let b = breakers.get(origin)
@@ -82,6 +108,8 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
         }
       })
       breakerState.set({ upstream: origin }, 0)
+      // every kind at 0 from the start: a rate() alert sees the first error
+      for (const kind of UPSTREAM_ERROR_KINDS) upstreamErrors.inc({ upstream: origin, kind }, 0)
       breakers.set(origin, b)
     }
     return b
@@ -90,6 +118,15 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
   for (const route of config.routes) {
     const origin = new URL(route.upstream).origin
     const breaker = breakerFor(origin)
+    const pool = pools.get(route.upstream, route.timeouts)
+    used.add(pool)
+    // status -> observer, for this route and upstream
+    const timers = new Map<number, HotHistogram>()
+    const upstreamTime = (status: number): HotHistogram => {
+      let h = timers.get(status)
+      if (h === undefined) timers.set(status, h = hotHistogram(upstreamDuration, { route: route.name, upstream: origin, status_code: status }))
+      return h
+    }
 
     await app.register(async (scope) => {
       await scope.register(httpProxy, {
@@ -97,7 +134,7 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
         prefix: route.prefix,
         rewritePrefix: route.rewritePrefix,
         httpMethods: route.methods,
-        undici: pools.get(route.upstream, route.timeouts),
+        undici: pool,
         disableRequestLogging: true,
         config: routeConfig(route),
         // The breaker decides last, after authentication, authorization and rate limiting, so a
@@ -110,7 +147,16 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
             throw new CircuitOpenError()
           }
           if (a.probe) request[kProbe] = breaker
-          return reply.from(dest, options)
+          request[kUpstreamStart] = performance.now()
+          if (spans !== undefined) {
+            request[kUpstreamSpan] = spans.startChild(request, `${request.method} ${route.name}`, 'client', {
+              'http.request.method': request.method, 'server.address': origin, 'portcullis.route': route.name
+            })
+          }
+          // http-proxy hands over an empty destination for the bare prefix with a query string
+          // (`/api?x=1`: it appends the query before its `|| '/'` fallback, then strips it again);
+          // reply-from would then forward the client's own path, prefix and all (`/api?x=1`)
+          return reply.from(dest === '' ? '/' : dest, options)
         },
         replyOptions: {
           rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers, request.user),
@@ -121,6 +167,8 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
             return attempt === 0 && code !== undefined && RETRYABLE_CODES.has(code) && IDEMPOTENT.has(req.method) && !hasBody ? 1 : null
           },
           onResponse: (request, reply, res) => {
+            upstreamTime(reply.statusCode).observe((performance.now() - request[kUpstreamStart]) / 1000)
+            request[kUpstreamSpan]?.end(reply.statusCode)
             breaker.success()
             if (request[kProbe] !== undefined) request[kProbe] = undefined
             void reply.send(res.stream)
@@ -128,6 +176,7 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
           onError: (reply, { error }) => {
             const kind = classify(error)
             upstreamErrors.inc({ upstream: origin, kind })
+            reply.request[kUpstreamSpan]?.end(undefined, error)
             // The gateway out of file descriptors is no fault of the upstream: it must not open a
             // healthy upstream's breaker (the probe slot, if taken, is released below).
             if (countsAgainstBreaker(kind)) breaker.failure()
@@ -138,4 +187,5 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
       })
     })
   }
+  return used
 }

@@ -1,18 +1,21 @@
-import { STATUS_CODES } from 'node:http'
+import { createServer, STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Pool } from 'undici'
 import type { Duplex } from 'node:stream'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
 import rateLimit from '@portcullis/rate-limit'
-import jwksAuth, { type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
-import { leanHistogram } from './hot-histogram.js'
+import jwksAuth, { verifyFirst, type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
+import tracing, { type TracingPluginOptions } from '@portcullis/tracing'
+import { leanHistogram, type UnmatchedRecorder } from './hot-histogram.js'
 import { defaultListenerLimits, type ListenerLimits } from './listener.js'
-import pino, { type DestinationStream, type Logger } from 'pino'
+import pino, { type DestinationStream, type LogFn, type Logger } from 'pino'
 import { loggerOptions, REDACT_PATHS } from '../lib/logger.js'
 import { genRequestId } from './headers.js'
 import { accessLogger, kClientIp, kPlainFormat } from './access-log.js'
 import { BatchedDestination } from './log-destination.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError, RouteNotFoundError, ShuttingDownError, type ErrorBody } from './errors.js'
 import { registerRoutes, releaseProbe } from './routes.js'
+import type { UpstreamPools } from './upstream.js'
 import type { GatewayConfig } from './config.js'
 
 export const DEFAULT_HSTS_MAX_AGE = 31_536_000 // seconds (one year)
@@ -37,14 +40,34 @@ export interface GatewayOptions {
   auth?: Omit<JwksAuthPluginOptions, 'issuers' | 'global'>
   /** Public listener timeouts (seconds) and connection cap. @defaultValue defaultListenerLimits() */
   listener?: ListenerLimits
+  /**
+   * W3C trace context and OpenTelemetry spans (@portcullis/tracing): the trace context is always
+   * accepted or started, passed to the upstream and logged; spans are exported when `exportUrl` or
+   * `tracerProvider` is set. @defaultValue no export
+   */
+  tracing?: TracingPluginOptions
   /** Switch parts off (benchmarks measure each part's cost). @defaultValue all on */
-  features?: { rateLimit?: boolean, metrics?: boolean, auth?: boolean }
+  features?: { rateLimit?: boolean, metrics?: boolean, auth?: boolean, tracing?: boolean }
+  /**
+   * The app owns no listener: a server of the caller's hands it each request through `gw.handle`
+   * (the reloading runtime, gateway/runtime.ts, which also sets the listener limits and TLS and
+   * collects the process metrics). @defaultValue false: `gw.app.listen()` serves it
+   */
+  external?: boolean
+  /** Upstream pools shared with the other configs of a reloading gateway. @defaultValue pools of its own */
+  pools?: UpstreamPools
 }
 
 export interface Gateway {
   app: FastifyInstance
   /** The admin listener's app: /health/live, /health/ready, /metrics. */
   admin: FastifyInstance
+  /** With `external`: the request handler a caller's server calls. */
+  handle?: (req: IncomingMessage, res: ServerResponse) => void
+  /** The upstream pools the routes use. */
+  pools: Set<Pool>
+  /** From now on every request gets 503 PORTCULLIS_SHUTTING_DOWN with `Connection: close` (as while closing). */
+  beginShutdown(): void
   /** Closes both apps; in-flight proxied requests finish first. Idempotent. */
   close(): Promise<void>
 }
@@ -57,9 +80,24 @@ const GENERIC_CODES: Record<number, string> = { 400: 'PORTCULLIS_BAD_REQUEST', 4
  * pino.destination). What is left is written on exit.
  */
 export function gatewayLogger (level?: string, destination: DestinationStream = new BatchedDestination()): Logger {
-  const logger = pino({ ...loggerOptions('gateway', level), redact: { paths: GATEWAY_REDACT_PATHS, censor: '[redacted]' } }, destination)
+  const logger = pino({
+    ...loggerOptions('gateway', level),
+    redact: { paths: GATEWAY_REDACT_PATHS, censor: '[redacted]' },
+    hooks: { logMethod: dropProxyErrorLine }
+  }, destination)
   // default formatting (level number, epoch time, msg): the access line may be written directly
   return Object.assign(logger, { [kPlainFormat]: true })
+}
+
+/**
+ * @fastify/reply-from writes `warn` "response errored" with the whole error, stack included, for
+ * every failed upstream request (about 1 KB each, one per request during an outage). The gateway's
+ * error handler already logs each of those failures as the throttled "request refused" line with its
+ * code and cause, so that line is dropped here (pino's documented `hooks.logMethod`).
+ */
+function dropProxyErrorLine (this: Logger, args: Parameters<LogFn>, method: LogFn, level: number): void {
+  if (level === 40 && args[1] === 'response errored' && args[0] instanceof Error) return
+  method.apply(this, args)
 }
 
 /**
@@ -160,7 +198,7 @@ export function isAmbiguousPath (url: string): boolean {
  */
 export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   const { config } = opts
-  const features = { rateLimit: true, metrics: true, auth: true, ...opts.features }
+  const features = { rateLimit: true, metrics: true, auth: true, tracing: true, ...opts.features }
   const logger = opts.logger ?? gatewayLogger()
   const limits = opts.listener ?? defaultListenerLimits()
   // what Fastify's own options do not set (it sets keep-alive, request and idle timeouts below)
@@ -169,7 +207,15 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     // Node checks the headers and request timeouts on this interval (30 s by default): often enough to honour them
     connectionsCheckingInterval: Math.max(100, Math.min(1000, limits.headersTimeout * 500))
   }
+  let handle: Gateway['handle']
+  // records a request no route matched (hot-histogram.ts), once the metrics are set up
+  let unmatched: UnmatchedRecorder | undefined
   const app = Fastify({
+    // external: Fastify hands its request handler over and gets a server that never listens (its
+    // clientError listener and close() then touch nothing real); the caller's server calls handle
+    ...(opts.external === true
+      ? { serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => { handle = handler; return createServer() } }
+      : {}),
     connectionTimeout: limits.idleTimeout * 1000,
     keepAliveTimeout: limits.keepAliveTimeout * 1000,
     requestTimeout: limits.requestTimeout * 1000,
@@ -182,15 +228,19 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
     // while closing, the onRequest hook answers 503 in the gateway's own shape (Fastify's has no code)
     return503OnClosing: false,
     clientErrorHandler: clientErrorResponse,
-    // malformed URLs are refused by the router before any hook: same JSON shape, no echoed URL
-    frameworkErrors: (err, _request, reply) => {
+    // malformed URLs are refused by the router before any hook: same JSON shape, no echoed URL,
+    // counted with the requests no route matched (no hook sees them; their duration is not measured)
+    frameworkErrors: (err, request, reply) => {
       void (reply as FastifyReply).code(400).send(errorBody(err as FastifyError))
+      unmatched?.(request as FastifyRequest, reply as FastifyReply)
     },
-    ...(opts.tls === undefined ? {} : { https: { ...nodeLimits, cert: opts.tls.cert, key: opts.tls.key } })
+    ...(opts.tls === undefined || opts.external === true ? {} : { https: { ...nodeLimits, cert: opts.tls.cert, key: opts.tls.key } })
   }) as unknown as FastifyInstance
   // Over the cap, Node closes a new connection at once: the descriptors the gateway needs for its
   // upstreams stay free
   app.server.maxConnections = limits.maxConnections
+  // first: the request logger of every route and of the not-found handler carries the trace id
+  if (features.tracing) await app.register(tracing, opts.tracing ?? {})
 
   const refusals = refusalLog()
   app.setErrorHandler((err: FastifyError & { headers?: Record<string, string> }, request, reply) => {
@@ -237,36 +287,41 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   app.addHook('onResponse', (request, reply, done) => {
     releaseProbe(request)
     access(request, reply)
+    // a request no route matched (404, or 400 for a refused path): the route hooks never saw it
+    if (unmatched !== undefined && request.is404) unmatched(request, reply)
     done()
   })
 
   if (features.metrics) {
     // process metrics from the plugin; the route histogram (quantiles via histogram_quantile) from
-    // one route-level onResponse hook per route, counted between scrapes (hot-histogram.ts)
-    await app.register(metrics, { routeMetrics: false })
-    leanHistogram(app, app.metricsRegistry)
+    // one route-level onResponse hook per route, counted between scrapes (hot-histogram.ts), and
+    // unmatched requests under one fixed route label from the hook above
+    await app.register(metrics, { routeMetrics: false, defaultMetrics: opts.external !== true })
+    unmatched = leanHistogram(app, app.metricsRegistry)
   } else {
     app.decorate('metricsRegistry', new promClient.Registry())
   }
+  const withAuth = features.auth && config.issuers.length > 0
   if (features.rateLimit) {
     const store = {
       redis: opts.redisUrl,
       failClosed: opts.rateLimitFailClosed,
-      ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {})
+      ...(opts.redisCommandTimeout !== undefined ? { redisCommandTimeout: opts.redisCommandTimeout } : {}),
+      // an IP over its failure budget: verified first, so only its failed requests get 429
+      ...(withAuth ? { checkOverBudget: verifyFirst } : {})
     }
     await app.register(rateLimit, config.rateLimit === false
-      ? { ...store, global: false } // no global budget: only routes with their own `rateLimit` are limited
+      ? { ...store, global: false, failureBudget: false } // no global budget: only routes with their own `rateLimit` are limited
       : { ...store, max: config.rateLimit.max, timeWindow: config.rateLimit.timeWindow * 1000 })
   }
 
-  // after the rate limiter: its onRequest guard must refuse an over-budget IP before a token is verified
-  const withAuth = features.auth && config.issuers.length > 0
+  // after the rate limiter: its onRequest guard sees a request from an IP over its failure budget first
   if (withAuth) {
     // the access line below carries `sub`: auth_success at debug keeps it to one line per request
     await app.register(jwksAuth, { successLogLevel: 'debug', ...opts.auth, issuers: config.issuers, global: true })
   }
 
-  await registerRoutes(app, config, { now: opts.now })
+  const pools = await registerRoutes(app, config, { now: opts.now, pools: opts.pools })
 
   const registries: Registry[] = [app.metricsRegistry]
   const adminApp = Fastify({ logger: false })
@@ -279,6 +334,9 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   return {
     app,
     admin: adminApp,
+    handle,
+    pools,
+    beginShutdown: () => { shuttingDown = true },
     close: () => {
       closing ??= (async () => {
         await app.close()

@@ -5,8 +5,9 @@ import type { Timeouts } from './config.js'
 export const DEFAULT_POOL_CONNECTIONS = 128
 export const DEFAULT_KEEP_ALIVE = 30_000 // ms
 
-/** Why a request to an upstream failed, as the `kind` label of `portcullis_upstream_errors_total`. */
-export type UpstreamErrorKind = 'refused' | 'reset' | 'dns' | 'connect_timeout' | 'headers_timeout' | 'body_timeout' | 'circuit_open' | 'local_resources' | 'other'
+/** Why a request to an upstream failed: the `kind` label of `portcullis_upstream_errors_total`. */
+export const UPSTREAM_ERROR_KINDS = ['refused', 'reset', 'dns', 'connect_timeout', 'headers_timeout', 'body_timeout', 'circuit_open', 'local_resources', 'other'] as const
+export type UpstreamErrorKind = typeof UPSTREAM_ERROR_KINDS[number]
 
 const KIND_BY_CODE: Record<string, UpstreamErrorKind> = {
   ECONNREFUSED: 'refused',
@@ -78,6 +79,18 @@ export class UpstreamPools {
       this.#pools.set(key, pool)
     }
     return pool
+  }
+
+  /** Closes, once their requests are done, the pools not in `keep` (upstreams a reload removed or whose timeouts changed). */
+  async retain (keep: Set<Pool>): Promise<void> {
+    const gone = [...this.#pools].filter(([, p]) => !keep.has(p))
+    for (const [key] of gone) this.#pools.delete(key)
+    await Promise.all(gone.map(async ([, p]) => { await p.close() }))
+  }
+
+  /** The pools held (for reporting). */
+  get size (): number {
+    return this.#pools.size
   }
 
   async close (): Promise<void> {

@@ -10,13 +10,14 @@ import { SECRETS_ENV } from '../store/secrets.js'
 /** Every 30 seconds, like Dex: each tick is a cheap read unless something is due. */
 export const DEFAULT_ROTATION_SCHEDULE = '*/30 * * * * *'
 export const DEFAULT_METRICS_HOST = '127.0.0.1'
-export const DEFAULT_METRICS_PORT = 9464
+/** Not 9464: the OpenTelemetry Prometheus exporter's; next to auth's admin port 8091 (docs/operations.md, "Default ports"). */
+export const DEFAULT_METRICS_PORT = 8092
 
 /** Every variable the rotation worker reads itself (rotationConfigFromEnv); `--help` and docs/configuration.md list these. */
 export const ROTATION_ENV: EnvTable = [
   ['KEY_SIZE', String(DEFAULT_KEY_SIZE), `RSA modulus bits for new keys: ${KEY_SIZES.join(', ')}`],
   ['ROTATION_SCHEDULE', DEFAULT_ROTATION_SCHEDULE, 'croner pattern with a seconds field for the daemon\'s ticks (every 30 s by default)'],
-  ['ROTATION_METRICS_HOST', DEFAULT_METRICS_HOST, 'metrics listener address (/metrics, /health/live, /health/ready)'],
+  ['ROTATION_METRICS_HOST', DEFAULT_METRICS_HOST, 'metrics listener address (/metrics, /health/live, /health/ready); the worker has no public listener. 0.0.0.0 in a container, so that probes and the scraper reach it'],
   ['ROTATION_METRICS_PORT', String(DEFAULT_METRICS_PORT), 'metrics listener port (0: any free port, logged as metrics_listening)']
 ]
 

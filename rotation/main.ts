@@ -2,19 +2,20 @@ import { listenOn } from '../lib/listen.js'
 import { stopSignal } from '../lib/signals.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
-import { envHelp } from '../lib/env.js'
+import { envHelp, type Env } from '../lib/env.js'
+import { processEnvProblems, reportCheck } from '../lib/check.js'
 import { loggerOptions } from '../lib/logger.js'
 import { admin } from '@portcullis/metrics'
-import { promClient } from '@portcullis/metrics'
-import { openDb } from '../store/index.js'
+import { collectProcessMetrics, promClient } from '@portcullis/metrics'
+import { openCommandStore } from '../store/command-store.js'
 import { openKeyStore } from '../store/keys.js'
-import { loadKeySecrets } from '../store/secrets.js'
+import { keySecretsProblem, loadKeySecrets } from '../store/secrets.js'
 import { ROTATION_PROCESS_ENV, rotationConfigFromEnv, type RotationConfig } from './config.js'
 import { RotationBootError, RotationUsageError } from './errors.js'
 import { rotationMetrics } from './metrics.js'
 import { RotationWorker, scheduleTrigger, type Trigger } from './worker.js'
 
-export const help = `Usage: portcullis rotation [--once]
+export const help = `Usage: portcullis rotation [--once | --check]
 
 Runs the key-rotation worker: one tick at start (an empty store gets its first key, active at once),
 then a tick on ROTATION_SCHEDULE. Each tick pre-publishes, activates, retires and prunes keys as the
@@ -22,17 +23,31 @@ timings say, in one transaction; several workers on one store are safe.
 
 Options:
   --once        run one tick and exit (for system cron or a Kubernetes CronJob); no metrics listener
+  --check       validate the settings as a start would (each variable, the schedule, the key timing
+                rules, the key-encryption secrets), without opening the store: prints ok (exit 0)
+                or every problem (exit 1)
   -h, --help    show this help
 
 ${envHelp(ROTATION_PROCESS_ENV)}`
 
-function parseArgs (argv: string[]): { once: boolean } {
+function parseArgs (argv: string[]): { once: boolean, check: boolean } {
   let once = false
+  let check = false
   for (const a of argv) {
     if (a === '--once') once = true
+    else if (a === '--check') check = true
     else throw new RotationUsageError(`rotation: unknown argument "${a}" (see portcullis rotation --help)`)
   }
-  return { once }
+  if (once && check) throw new RotationUsageError('rotation: --once and --check do not go together')
+  return { once, check }
+}
+
+/** `portcullis rotation --check`: every problem of the settings, one per variable; nothing is opened. */
+export function check (env: Env = process.env, out?: (line: string) => void, err?: (line: string) => void): number {
+  const problems = processEnvProblems(env, ROTATION_PROCESS_ENV, rotationConfigFromEnv)
+  const secrets = keySecretsProblem(env)
+  if (secrets !== undefined) problems.push(secrets)
+  return reportCheck('portcullis rotation --check', problems, out, err)
 }
 
 async function metricsServer (cfg: RotationConfig, registry: promClient.Registry, ready: () => boolean | string, log: Logger): Promise<FastifyInstance> {
@@ -61,18 +76,20 @@ export interface RunDeps {
 }
 
 export async function run (argv: string[], deps: RunDeps = {}): Promise<number> {
-  const { once } = parseArgs(argv)
+  const { once, check: checkOnly } = parseArgs(argv)
+  if (checkOnly) return check()
   const cfg = rotationConfigFromEnv(process.env)
   const log = pino(loggerOptions('rotation', cfg.logLevel))
   const now = deps.now ?? Date.now
   const secrets = await loadKeySecrets(process.env, cfg.db.dataDir, log)
-  const db = openDb(cfg.db)
+  // the store of a stack running on the same data folder, or a refusal naming both (store/command-store.ts)
+  const { db } = await openCommandStore(process.env, { existing: false })
   let server: FastifyInstance | undefined
   let trigger: Trigger | undefined
   try {
     const store = await openKeyStore(db, { secrets, now, timings: cfg.timings, keySize: cfg.keySize, log })
     const registry = new promClient.Registry()
-    if (!once) promClient.collectDefaultMetrics({ register: registry })
+    if (!once) collectProcessMetrics(registry)
     const metrics = rotationMetrics(now, registry)
     const worker = new RotationWorker({ store, timings: cfg.timings, keySize: cfg.keySize, log, metrics, holdTxMs: deps.holdTxMs ?? 0 })
     log.info({ event: 'start', store: db.description, once, secrets: secrets.source, timings: cfg.timings, keySize: cfg.keySize }, 'rotation worker starting')

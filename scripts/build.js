@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 /** Plugin packages, each after the packages it depends on. */
-export const PACKAGES = ['core', 'authorize', 'metrics', 'jwks-auth', 'rate-limit', 'propagation']
+export const PACKAGES = ['core', 'authorize', 'metrics', 'jwks-auth', 'rate-limit', 'propagation', 'tracing']
 const ASSETS = ['gateway/routes.example.yaml']
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
 

@@ -14,6 +14,7 @@ import { GATEWAY_PROCESS_ENV } from '../gateway/main.js'
 import { DURATION_PATTERN, ROUTE_FILE_SCHEMA } from '../gateway/route-schema.js'
 import { durationText, LOG_ENV, processEnvRows, type EnvGroup, type EnvTable, type ProcessEnv } from '../lib/env.js'
 import { JWKS_ENV } from '../lib/jwks-env.js'
+import { TRACING_ENV } from '../lib/tracing-env.js'
 import { ROTATION_PROCESS_ENV } from '../rotation/config.js'
 import { SERVICE_PROCESS_ENV } from '../services/config.js'
 import { STORE_ENV } from '../store/config.js'
@@ -43,7 +44,7 @@ export const PROCESSES: readonly DocProcess[] = [
 ]
 
 /** The shared groups, in the order of their sections. */
-export const SHARED_GROUPS: readonly EnvGroup[] = [STORE_ENV, SECRETS_ENV, KEY_TIMINGS_ENV, JWKS_ENV, LOG_ENV]
+export const SHARED_GROUPS: readonly EnvGroup[] = [STORE_ENV, SECRETS_ENV, KEY_TIMINGS_ENV, JWKS_ENV, TRACING_ENV, LOG_ENV]
 
 const capital = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
 
@@ -132,6 +133,7 @@ export const ROUTE_KEYS: Record<string, { def?: string, meaning?: string }> = {
   issuers: { def: 'required when a route has `auth`', meaning: 'the token issuers accepted' },
   'issuers[].issuer': { meaning: 'the exact `iss` accepted (the allowlist); keys are fetched only from this issuer\'s JWKS' },
   'issuers[].jwksUri': { def: code('<issuer>/.well-known/jwks.json'), meaning: 'where the issuer\'s keys are; never taken from a token' },
+  'issuers[].revocations': { def: 'unset', meaning: 'the issuer\'s revocation feed (Portcullis\' auth service: `<issuer>/auth/revocations`; `portcullis start` sets it): revoked sessions, users, tokens and keys refused within about a second; unset: tokens are valid until they expire' },
   'issuers[].audience': { meaning: 'the token\'s `aud` must contain one of them exactly' },
   'issuers[].algorithms': { def: code(JSON.stringify(DEFAULT_ALGORITHMS)), meaning: 'the pinned signature algorithms' },
   trustProxy: { def: '`false`', meaning: 'who may set `X-Forwarded-*`: `false` (nobody: they are rewritten from the socket), `true` (every hop: only behind a proxy you control), a hop count, or addresses/CIDRs' },

@@ -2,7 +2,10 @@ import { STATUS_CODES } from 'node:http'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { requestIdOf } from '@portcullis/core'
 import jwksAuth, { type JwksAuthOptions } from '@portcullis/jwks-auth'
+import metrics, { admin } from '@portcullis/metrics'
 import propagation, { clientCredentialsTokenSource } from '@portcullis/propagation'
+import tracing from '@portcullis/tracing'
+import { DRAINING_REASON, type DrainState } from '../lib/drain.js'
 import { loggerOptions } from '../lib/logger.js'
 import type { ServiceConfig } from './config.js'
 import { orderService } from './order/server.js'
@@ -14,6 +17,8 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Extra jwks-auth options (tests shorten timings). */
   jwksAuth?: Omit<JwksAuthOptions, 'issuers'>
+  /** Process metrics (CPU, memory, event loop) in the app's registry. @defaultValue true */
+  defaultMetrics?: boolean
 }
 
 /**
@@ -32,6 +37,12 @@ export async function buildService (config: ServiceConfig, opts: BuildOptions = 
     logController: new LogController({ disableRequestLogging: true })
   })
 
+  // W3C trace context first: every request log line carries the trace id, and calls to other
+  // services name this service's span as their parent (spans exported when OTEL_* says so)
+  await app.register(tracing, config.tracing)
+  // HTTP metrics and, registered first, the registry jwks-auth puts its own metrics in: served on the
+  // admin listener (buildServiceAdmin), never on the public one.
+  await app.register(metrics, { defaultMetrics: opts.defaultMetrics ?? true })
   await app.register(propagation, {
     timeout: config.upstreamTimeout,
     ...(config.client !== undefined
@@ -47,7 +58,7 @@ export async function buildService (config: ServiceConfig, opts: BuildOptions = 
   await app.register(jwksAuth, {
     ...config.jwks,
     ...opts.jwksAuth,
-    issuers: [{ issuer: config.issuer, jwksUri: config.jwksUri, audience: config.audience }]
+    issuers: [{ issuer: config.issuer, jwksUri: config.jwksUri, audience: config.audience, ...(config.revocations !== undefined ? { revocations: config.revocations } : {}) }]
   })
 
   app.get('/health', { config: { auth: false }, logLevel: 'warn' }, async () => ({ status: 'ok', service: config.kind }))
@@ -82,4 +93,21 @@ export async function buildService (config: ServiceConfig, opts: BuildOptions = 
   else if (config.kind === 'product') await app.register(productService)
   else await app.register(orderService, { config })
   return app
+}
+
+/**
+ * The service's admin app (not listening yet): `/health/live`; `/health/ready`, 200 once the issuer's
+ * JWKS has been fetched and 503 from the moment `drain` starts (SIGTERM); `/metrics`, the public
+ * app's registry (HTTP, jwks-auth and process metrics).
+ */
+export async function buildServiceAdmin (app: FastifyInstance, drain: DrainState): Promise<FastifyInstance> {
+  const adminApp = Fastify({ loggerInstance: app.log })
+  await adminApp.register(admin, {
+    registries: [app.metricsRegistry],
+    ready: () => {
+      if (drain.draining) return DRAINING_REASON
+      return app.jwksAuth.isReady() ? true : 'the issuer\'s JWKS has not been fetched yet'
+    }
+  })
+  return adminApp
 }

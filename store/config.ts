@@ -2,7 +2,7 @@ import { existsSync, mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { envString, envUrl, type Env, type EnvGroup } from '../lib/env.js'
 import { ConfigError } from '../lib/errors.js'
-import type { DbOptions } from './db.js'
+import { DEFAULT_PG_SCHEMA, PG_SCHEMA_NAME, type DbOptions } from './db.js'
 
 export const DEFAULT_DATA_DIR = './data'
 
@@ -11,7 +11,7 @@ export const STORE_ENV: EnvGroup = {
   title: 'store',
   rows: [
     ['DATABASE_URL', 'unset', 'postgres:// URL to use PostgreSQL; unset uses the embedded SQLite file in PORTCULLIS_DATA_DIR'],
-    ['DATABASE_SCHEMA', 'unset', 'PostgreSQL schema to use, a lower-case SQL identifier (created if missing; unset: the connection\'s search_path)'],
+    ['DATABASE_SCHEMA', DEFAULT_PG_SCHEMA, `PostgreSQL schema of the tables, a lower-case SQL identifier, created if missing. Unset: ${DEFAULT_PG_SCHEMA}, unless that schema holds no store yet and the connection's search_path finds one (an install made before this default, its tables in public): then that one, as before`],
     ['PORTCULLIS_DATA_DIR', DEFAULT_DATA_DIR, 'folder of the SQLite file (portcullis.db) and of the generated local key secret; created 0700']
   ]
 }
@@ -19,15 +19,16 @@ export const STORE_ENV: EnvGroup = {
 /**
  * Store settings shared by every process:
  * - `DATABASE_URL` (postgres://...) selects PostgreSQL; unset means the embedded SQLite file.
- * - `DATABASE_SCHEMA` PostgreSQL schema (default: the connection's search_path).
+ * - `DATABASE_SCHEMA` PostgreSQL schema (default: DEFAULT_PG_SCHEMA, or an older install's tables on
+ *   the search_path; PostgresDb settles which).
  * - `PORTCULLIS_DATA_DIR` folder for the SQLite file and the generated local secret (default ./data).
  */
 export function dbOptionsFromEnv (env: Env): DbOptions & { dataDir: string } {
   const dataDir = envString(env, 'PORTCULLIS_DATA_DIR', DEFAULT_DATA_DIR)
   const url = envUrl(env, 'DATABASE_URL', ['postgres:', 'postgresql:'])
   const schema = envString(env, 'DATABASE_SCHEMA')
-  if (schema !== undefined && !/^[a-z_][a-z0-9_]*$/.test(schema)) {
-    throw new ConfigError('DATABASE_SCHEMA', 'must be a lower-case SQL identifier')
+  if (schema !== undefined && !PG_SCHEMA_NAME.test(schema)) {
+    throw new ConfigError('DATABASE_SCHEMA', `must be a lower-case SQL identifier (letters, digits, _), got "${schema}"`)
   }
   return {
     dataDir,

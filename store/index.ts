@@ -2,7 +2,7 @@ import { DEFAULT_SQLITE_PATH, type Db, type DbOptions } from './db.js'
 import { PostgresDb } from './postgres.js'
 import { SqliteDb } from './sqlite.js'
 
-export type { Db, DbOptions, Dialect, Param, Queryable, Row, Tx } from './db.js'
+export type { Db, DbOptions, Dialect, Param, Queryable, Row, StoreLocation, Tx } from './db.js'
 export { migrate, type Component, type Migration } from './migrate.js'
 
 /** Opens the backend the config names: PostgreSQL when `databaseUrl` is set, else the SQLite file. */

@@ -156,11 +156,23 @@ export class RefreshStore {
 
   /** Revokes the family of `token` (logout). Returns whether a live family was revoked. */
   async revoke (token: string, reason = 'logout'): Promise<boolean> {
-    const n = await this.#db.run(
+    return (await this.revokeFamily(token, reason)) !== null
+  }
+
+  /** Revokes the family of `token`; returns its id when a live family was revoked, else null. */
+  async revokeFamily (token: string, reason = 'logout'): Promise<string | null> {
+    const rows = await this.#db.query<{ id: string }>(
       `UPDATE refresh_families SET revoked_at = ?, revoked_reason = ?
-        WHERE revoked_at IS NULL AND id = (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)`,
+        WHERE revoked_at IS NULL AND id = (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)
+        RETURNING id`,
       [this.#now(), reason, hashRefreshToken(token)])
-    return n > 0
+    return rows[0]?.id ?? null
+  }
+
+  /** Revokes one family by id (a session revoked by an operator). Returns whether a live one was. */
+  async revokeFamilyId (familyId: string, reason: string): Promise<boolean> {
+    return await this.#db.run('UPDATE refresh_families SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL',
+      [this.#now(), reason, familyId]) > 0
   }
 
   /** Revokes every family of a subject (a removed user). Returns how many. */

@@ -60,6 +60,21 @@ function localSecret (dataDir: string, log: Logger, create: boolean): string {
 }
 
 /**
+ * `--check`: what is wrong with PORTCULLIS_KEY_SECRETS, or undefined. Unset is no problem (a local
+ * start generates a secret into the data folder; nothing is written here).
+ */
+export function keySecretsProblem (env: Env): string | undefined {
+  const list = envList(env, KEY_SECRETS_ENV)
+  if (list.length === 0) return undefined
+  try {
+    checkSecrets(list, KEY_SECRETS_ENV)
+    return undefined
+  } catch (err) {
+    return (err as Error).message
+  }
+}
+
+/**
  * The key-encryption secrets: `PORTCULLIS_KEY_SECRETS` (comma list: first encrypts, all decrypt), or
  * with it unset (local use) a secret generated once into `<dataDir>/key-secret` with a warning.
  * `create: false` (commands that only read keys) never generates the local secret.

@@ -1,8 +1,8 @@
 import { closeSync, openSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import Database from 'better-sqlite3'
 import { makeDataDir } from './config.js'
-import type { Db, Param, Row, Tx } from './db.js'
+import type { Db, Param, Row, StoreLocation, Tx } from './db.js'
 
 /** Waits this long for another process's write lock before SQLITE_BUSY. */
 export const DEFAULT_BUSY_TIMEOUT_MS = 10_000
@@ -18,6 +18,7 @@ function toSqlite (p: Param): unknown {
 export class SqliteDb implements Db {
   readonly dialect = 'sqlite' as const
   readonly description: string
+  readonly location: StoreLocation
   #db: Database.Database
   #queue: Promise<unknown> = Promise.resolve()
   #inTx = false
@@ -35,8 +36,13 @@ export class SqliteDb implements Db {
     this.#db.pragma('journal_mode = WAL')
     this.#db.pragma('synchronous = NORMAL')
     this.#db.pragma('foreign_keys = ON')
-    this.description = `sqlite:${path}`
+    const abs = path === ':memory:' ? path : resolve(path)
+    this.location = { engine: 'sqlite', path: abs }
+    this.description = `sqlite:${abs}`
   }
+
+  /** The file is open from the constructor on. */
+  async ready (): Promise<void> {}
 
   #exec<T extends Row> (sql: string, params: readonly Param[]): T[] {
     const stmt = this.#db.prepare(sql)

@@ -1,6 +1,9 @@
 import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as delay } from 'node:timers/promises'
 import { promisify } from 'node:util'
@@ -8,6 +11,7 @@ import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose'
 import t from 'tap'
 import { keySecretsFromList } from '../store/crypto.js'
 import { KEY_TIMING_ENV } from '../store/key-timings.js'
+import { openDb } from '../store/index.js'
 import { openKeyStore } from '../store/keys.js'
 import { freePorts } from './helpers/ports.js'
 import { testBackends } from './helpers/backends.js'
@@ -58,7 +62,7 @@ for (const backend of await testBackends()) {
     if (full) {
       t.equal((await portcullis(env, ['users', 'add', 'omar', '--password-stdin'], 'omar password\n')).code, 0)
       const dup = await portcullis(env, ['users', 'add', 'nina'])
-      t.same([dup.code, dup.stderr.trim()], [1, 'portcullis: user "nina" already exists'])
+      t.same([dup.code, dup.stderr.trim().split('\n').slice(1)], [1, ['portcullis: user "nina" already exists']], 'one line after the one naming the store')
       const badPerm = await portcullis(env, ['users', 'add', 'pia', '--permissions', 'nope'])
       t.match(badPerm.stderr, /permission "nope" must be resource:action/)
       const list = await portcullis(env, ['users', 'list'])
@@ -77,7 +81,7 @@ for (const backend of await testBackends()) {
       const issuer = `http://127.0.0.1:${port}`
       const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'auth'], {
         cwd: CWD,
-        env: { ...process.env, ...env, AUTH_PORT: String(port), AUTH_ADMIN_PORT: String(adminPort), AUTH_ISSUER: issuer, AUTH_KEY_POLL_INTERVAL: '500ms' },
+        env: { ...process.env, ...env, AUTH_PORT: String(port), AUTH_ADMIN_PORT: String(adminPort), AUTH_ISSUER: issuer, AUTH_KEY_POLL_INTERVAL: '500ms', AUTH_DRAIN_DELAY: '0' },
         stdio: ['ignore', 'pipe', 'pipe']
       })
       let output = ''
@@ -144,6 +148,25 @@ t.test('portcullis auth refuses a bad setting with one line naming it', async (t
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
   const help = await portcullis({}, ['auth', '--help'])
   t.match(help.stdout, /AUTH_LOGIN_USER_MAX/)
+})
+
+t.test('a wrong key-encryption secret at auth start: the store line and the one-line message only, no JSON error line with a stack before it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-secret-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const sealedWith = randomBytes(32).toString('base64url')
+  const db = openDb({ sqlitePath: join(dir, 'portcullis.db') })
+  const { kid } = await (await openKeyStore(db, { secrets: keySecretsFromList([sealedWith]) })).rotateNow({ activateNow: true })
+  await db.close()
+  const [port, adminPort] = await freePorts(2) as [number, number]
+  const r = await portcullis({ PORTCULLIS_DATA_DIR: dir, PORTCULLIS_KEY_SECRETS: randomBytes(32).toString('base64url'), AUTH_PORT: String(port), AUTH_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info' }, ['auth'])
+  t.equal(r.code, 1)
+  t.equal(r.stdout, '', 'nothing on stdout (it held a level-50 JSON line with the stack)')
+  // the store line (which store holds the key), then the one-line error: no JSON, no stack
+  const lines = r.stderr.trimEnd().split('\n')
+  t.equal(lines.length, 2, `two lines on stderr: ${r.stderr}`)
+  t.equal(lines[0], `portcullis: store: SQLite ${join(dir, 'portcullis.db')}`)
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
+  t.match(lines[1], new RegExp(`^portcullis: signer: could not read the key store: cannot decrypt private key ${kid}: sealed with secret id [0-9a-f]{12}, which is not among the configured secrets .*PORTCULLIS_KEY_SECRETS`))
 })
 
 t.test('help texts list every variable the commands read (regression: auth --help left out KEY_RETIRE_WINDOW and KEY_ROTATION_PERIOD, which it validates)', async (t) => {

@@ -90,12 +90,17 @@ t.test('config: boot refuses bad settings with a message naming the variable', a
     [{ AUTH_BODY_LIMIT: '10' }, /AUTH_BODY_LIMIT: must be >= 256/],
     [{ AUTH_TRUST_PROXY: 'everyone' }, /AUTH_TRUST_PROXY/],
     [{ PASSWORD_SCRYPT_N: '1000' }, /PASSWORD_SCRYPT_N: must be a power of two/],
-    [{ AUTH_PORT: '3000', AUTH_ADMIN_PORT: '3000' }, /AUTH_ADMIN_PORT: must differ/]
+    [{ AUTH_PORT: '3010', AUTH_ADMIN_PORT: '3010' }, /AUTH_ADMIN_PORT: must differ/],
+    [{ AUTH_DRAIN_DELAY: 'a while' }, /AUTH_DRAIN_DELAY: expected a duration/]
   ]
   for (const [env, msg] of bad) t.throws(() => authConfigFromEnv(env, DEFAULT_KEY_TIMINGS), { code: 'PORTCULLIS_CONFIG', message: msg }, Object.keys(env).join(','))
   const ok = authConfigFromEnv({ AUTH_TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }, DEFAULT_KEY_TIMINGS)
   t.same(ok.trustProxy, ['10.0.0.0/8', '127.0.0.1'])
   t.equal(ok.jwksMaxAge, 300)
-  t.equal(ok.issuer, 'http://127.0.0.1:3000')
+  t.equal(ok.issuer, 'http://127.0.0.1:3010')
+  t.match(ok, { host: '127.0.0.1', port: 3010, adminHost: '127.0.0.1', adminPort: 8091, drainDelay: 5 }, 'defaults: not Grafana\'s 3000 nor the Pushgateway\'s 9091')
+  t.match(authConfigFromEnv({ AUTH_HOST: '0.0.0.0', AUTH_DRAIN_DELAY: '0' }, DEFAULT_KEY_TIMINGS), { host: '0.0.0.0', adminHost: '127.0.0.1', drainDelay: 0 },
+    'the admin listener stays on its own host when AUTH_HOST opens the public one (regression: it shared AUTH_HOST)')
+  t.match(authConfigFromEnv({ AUTH_ADMIN_HOST: '0.0.0.0', AUTH_DRAIN_DELAY: '1500ms' }, DEFAULT_KEY_TIMINGS), { host: '127.0.0.1', adminHost: '0.0.0.0', drainDelay: 1.5 })
   t.equal(authConfigFromEnv({ AUTH_HOST: '0.0.0.0', AUTH_PORT: '4000' }, DEFAULT_KEY_TIMINGS).issuer, 'http://127.0.0.1:4000', 'issuer follows the port')
 })

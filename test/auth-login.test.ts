@@ -36,7 +36,7 @@ for (const backend of await testBackends()) {
       t.equal(header.alg, 'RS256')
       t.equal(header.kid, f.service.signer.kid)
       const claims = await verify(f, token)
-      t.equal(claims.iss, 'http://127.0.0.1:3000')
+      t.equal(claims.iss, 'http://127.0.0.1:3010', 'the default issuer: AUTH_PORT 3010')
       t.equal(claims.aud, 'portcullis')
       t.equal(claims.sub, alice.id)
       t.equal(claims.role, 'admin')

@@ -118,3 +118,24 @@ t.test('a failed start names the reason (regression: "could not read the key sto
   await t.rejects(signer.start(), { message: 'signer: could not read the key store: cannot decrypt private key K1: sealed with secret id abc' })
   signer.stop()
 })
+
+t.test('a failed start logs nothing (the boot prints its one line); a failed read once running is logged', async (t) => {
+  const lines: Array<{ level: number, msg: string }> = []
+  const logger = pino({ level: 'info' }, { write: (l: string) => { lines.push(JSON.parse(l) as { level: number, msg: string }) } })
+  const src = fakeSource()
+  src.fail = true
+  const failing = new Signer({ keys: src, pollInterval: 1000, maxStaleness: 5000, log: logger })
+  await t.rejects(failing.start(), /could not read the key store: store down/)
+  failing.stop()
+  t.same(lines, [], 'no error line before the boot\'s own message')
+  const k = rsa(2048)
+  src.fail = false
+  src.active = k
+  src.published = [k]
+  const running = new Signer({ keys: src, pollInterval: 60_000, maxStaleness: 120_000, log: logger })
+  await running.start()
+  t.teardown(() => running.stop())
+  src.fail = true
+  await running.refresh()
+  t.match(lines.filter((l) => l.level >= 50), [{ msg: 'could not read the key store' }], 'a later failure is an error line')
+})

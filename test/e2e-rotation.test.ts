@@ -1,27 +1,11 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { gone, headerOf, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { gone, headerOf, SHORT_KEY_TIMINGS, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
 
-/**
- * Short timings that still obey the lifecycle rules (docs/design.md) (the rotation worker refuses any that do not):
- * T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=3s (auth re-reads
- * the active key every 0.5s and refuses to sign with a view older than P); pre-publish 8s >= C+S+P =
- * 6s; retire window 18s >= P+T+S+C = 16s; a new key every 9s, the worker ticking every second. The
- * spare seconds are for a 2-core machine running other test files at the same time.
- */
+/** The stack's short key timings (a new key every 9 s), without the stack's rate limits in the way. */
 const SHORT_TIMINGS = {
-  ACCESS_TOKEN_TTL: '10s',
-  CLOCK_SKEW: '1s',
-  VERIFIER_CACHE_MAX: '2s',
-  SIGNER_PROPAGATION: '3s',
-  KEY_PREPUBLISH: '8s',
-  KEY_RETIRE_WINDOW: '18s',
-  KEY_ROTATION_PERIOD: '9s',
-  ROTATION_SCHEDULE: '* * * * * *',
-  AUTH_KEY_POLL_INTERVAL: '500ms',
-  JWKS_REFRESH_INTERVAL: '500ms',
-  JWKS_CACHE_TTL: '2s',
+  ...SHORT_KEY_TIMINGS,
   STACK_RATE_LIMIT_MAX: '1000000',
   STACK_PRODUCTS_RATE_LIMIT_MAX: '1000000'
 }

@@ -49,16 +49,21 @@ t.test('the access line is the JSON pino writes for the same fields, with awkwar
   let last: Record<string, unknown> = {}
   for (const c of cases) {
     lines.length = 0
-    const headers: Record<string, string> = { 'x-request-id': 'rid-1' }
+    // a caller's trace context: the line carries its trace id and the gateway's own span id
+    const traceId = 'a3ce929d0e0e47364bf92f3577b34da6'
+    const headers: Record<string, string> = { 'x-request-id': 'rid-1', traceparent: `00-${traceId}-00f067aa0ba902b7-01` }
     if (c.sub !== undefined) headers.authorization = `Bearer ${issuer.sign({ sub: c.sub })}`
     const r = await gw.app.inject({ url: c.url, method: c.method ?? 'GET', headers })
     const access = lines.filter((l) => l.msg === 'request completed')
     t.equal(access.length, 1, `${c.url}: one access line`)
     const got = access[0]!
-    // what pino itself writes for these fields through a request logger
+    t.equal(got.trace_id, traceId, `${c.url}: the caller's trace id`)
+    t.match(got.span_id, /^[0-9a-f]{16}$/, `${c.url}: the gateway's span id`)
+    t.not(got.span_id, '00f067aa0ba902b7', `${c.url}: not the caller's span id`)
+    // what pino itself writes for these fields through a request logger (Fastify's reqId and the tracing plugin's fields)
     const expected: string[] = []
     const reference = pino({ name: 'gateway' }, { write: (s: string) => { expected.push(s) } })
-    reference.child({ reqId: 'rid-1' }).info({
+    reference.child({ reqId: 'rid-1', trace_id: traceId, span_id: got.span_id }).info({
       method: c.method ?? 'GET',
       url: c.url,
       route: got.route === undefined ? undefined : (c.url.startsWith('/open') ? '/open/*' : '/a/*'),
@@ -99,12 +104,13 @@ t.test('fields that are undefined are left out, as pino does (a client gone befo
   const { lines, sink: stream } = logSink()
   const logger = gatewayLogger('info', stream)
   const write = accessLogger(logger)
-  const request = { id: 'rid-3', method: 'GET', url: '/x', routeOptions: { url: undefined }, user: null, ip: undefined }
+  const request = { id: 'rid-3', raw: {}, method: 'GET', url: '/x', routeOptions: { url: undefined }, user: null, ip: undefined }
   write(request as never, { statusCode: 499, elapsedTime: 1.5 } as never)
   t.equal(lines.length, 1)
   const rec = lines[0]!
   t.match(rec, { reqId: 'rid-3', url: '/x', statusCode: 499, responseTime: 1.5, msg: 'request completed' })
   t.notOk('ip' in rec || 'sub' in rec || 'route' in rec, 'no ip, sub or route member')
+  t.notOk('trace_id' in rec || 'span_id' in rec, 'no trace members for a request without a trace context')
 })
 
 t.test('with the batched destination, access lines are held as fields and come out in order, rendered the same', async (t) => {
@@ -135,7 +141,8 @@ t.test('with the batched destination, access lines are held as fields and come o
     t.equal(got.sub, sub, `line ${i}: sub`)
     t.equal(got.route, sub === undefined ? '/open/*' : '/a/*')
     t.equal(got.ip, '127.0.0.1')
-    t.same(Object.keys(got), ['level', 'time', 'pid', 'hostname', 'name', 'reqId', 'method', 'url', 'route', 'statusCode', 'responseTime', ...(sub === undefined ? [] : ['sub']), 'ip', 'msg'])
+    t.match(got.trace_id, /^[0-9a-f]{32}$/, `line ${i}: a trace id (started by the gateway)`)
+    t.same(Object.keys(got), ['level', 'time', 'pid', 'hostname', 'name', 'reqId', 'trace_id', 'span_id', 'method', 'url', 'route', 'statusCode', 'responseTime', ...(sub === undefined ? [] : ['sub']), 'ip', 'msg'])
   }
 
   // 64 held records are rendered at once, without any other line or flush: 63 stay held, the 64th
@@ -154,7 +161,7 @@ t.test('held access lines are written when the process exits', async (t) => {
   const script = `import { gatewayLogger } from ${mod('server')}
 import { accessLogger } from ${mod('access-log')}
 const write = accessLogger(gatewayLogger('info'))
-write({ id: 'last-words', method: 'GET', url: '/x', routeOptions: { url: '/x' }, user: null, ip: '10.0.0.1' }, { statusCode: 204, elapsedTime: 0.5 })
+write({ id: 'last-words', raw: {}, method: 'GET', url: '/x', routeOptions: { url: '/x' }, user: null, ip: '10.0.0.1' }, { statusCode: 204, elapsedTime: 0.5 })
 process.exit(0)`
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
   t.equal(r.status, 0, r.stderr)

@@ -71,7 +71,7 @@ t.test('YAML and JSON files load; unreadable or unparsable files name the path',
 t.test('env settings are validated with the variable named', async (t) => {
   const s = settingsFromEnv({})
   t.equal(s.port, 8080)
-  t.equal(s.adminPort, 9090)
+  t.equal(s.adminPort, 8090)
   t.equal(s.host, '127.0.0.1')
   t.equal(s.failClosed, false)
   t.equal(s.tls, undefined)

@@ -216,6 +216,27 @@ t.test('a request on a kept-alive connection while the gateway closes: 503 in th
   t.match(responses[1], /"code":"PORTCULLIS_SHUTTING_DOWN"/)
 })
 
+t.test('an upstream that refuses every connection: the log holds the throttled refusal lines only, not a warning with a stack per request from the proxy library', async (t) => {
+  const dead = await freePort() // nothing listens there
+  const { lines, sink } = logSink()
+  const gw = await buildGateway({
+    // a breaker that never opens: every request reaches the dead upstream
+    config: parseGatewayConfig({ breaker: { failureThreshold: 1000, resetTimeout: '60s' }, routes: [{ prefix: '/d', upstream: `http://127.0.0.1:${dead}`, auth: false }] }, 'test'),
+    logger: gatewayLogger('info', sink)
+  })
+  t.teardown(() => gw.close())
+  await gw.app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `http://127.0.0.1:${(gw.app.server.address() as AddressInfo).port}`
+  const statuses: number[] = []
+  for (let i = 0; i < 40; i++) statuses.push((await rawRequest(base, '/d/x', { method: 'POST' })).status)
+  t.ok(statuses.every((s) => s === 502), 'every request: 502')
+  await gw.app.close()
+  const warnings = lines.filter((l) => (l.level as number) >= 40)
+  t.same(lines.filter((l) => l.msg === 'response errored').length, 0, 'no per-request "response errored" line')
+  t.ok(warnings.length <= 3, `${warnings.length} warn-or-above lines for 40 failed requests`)
+  t.ok(warnings.every((l) => !('err' in l) && !('stack' in l)), 'none with an error object or stack')
+})
+
 t.test('expected refusals log one short line per code and second, without a stack (an outage wrote ~1.1 KB with a stack per request)', async (t) => {
   const up = await upstream(t)
   up.handle((_req, res) => { res.socket?.destroy() })

@@ -189,7 +189,7 @@ t.test('the shipped example route file sends /auth/login to the auth service\'s 
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   // every upstream of the example at the echo server (same paths); the issuer stays as shipped
   const file = join(dir, 'routes.yaml')
-  writeFileSync(file, readFileSync(DEFAULT_CONFIG_PATH, 'utf8').replace(/upstream: http:\/\/127\.0\.0\.1:300\d/g, `upstream: ${a.url}`))
+  writeFileSync(file, readFileSync(DEFAULT_CONFIG_PATH, 'utf8').replace(/upstream: http:\/\/127\.0\.0\.1:30\d\d/g, `upstream: ${a.url}`))
   const gw = await buildGateway({ config: loadGatewayConfig(file), logger: false })
   await gw.app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => { await gw.close(); await a.close() })

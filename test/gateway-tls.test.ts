@@ -1,11 +1,13 @@
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { buildGateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
-import { settingsFromEnv } from '../gateway/main.js'
+import pino from 'pino'
+import { runtimeOptions, settingsFromEnv } from '../gateway/main.js'
+import { GatewayRuntime } from '../gateway/runtime.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
 
 const haveOpenssl = spawnSync('openssl', ['version']).status === 0
@@ -41,6 +43,18 @@ t.test('HTTPS with a self-signed certificate made here; HSTS on every response',
   t.equal(notFound.status, 404)
   t.equal(notFound.headers['strict-transport-security'], 'max-age=86400; includeSubDomains', 'HSTS on errors too')
   await t.rejects(rawRequest(base, '/p/x'), 'an untrusted certificate is refused by the client (it really is TLS)')
+
+  // the same through the runtime `portcullis gateway` runs (its own HTTPS listener, reloadable config)
+  writeFileSync(join(dir, 'routes.json'), JSON.stringify({ routes: [{ name: 'p', prefix: '/p', upstream: up.url, auth: false }] }))
+  const rt = await GatewayRuntime.start({ ...runtimeOptions({ ...settings, configPath: join(dir, 'routes.json') }, {}), logger: pino({ level: 'silent' }) })
+  t.teardown(() => rt.close())
+  await rt.listen('127.0.0.1', 0)
+  const rtBase = `https://127.0.0.1:${(rt.server.address() as { port: number }).port}`
+  const viaRuntime = await rawRequest(rtBase, '/p/x', { ca: readFileSync(cert) })
+  t.equal(viaRuntime.status, 200, 'runtime: HTTPS')
+  t.equal(viaRuntime.headers['strict-transport-security'], 'max-age=86400; includeSubDomains', 'runtime: HSTS')
+  t.equal(viaRuntime.json<{ headers: Record<string, string> }>().headers['x-forwarded-proto'], 'https', 'runtime: the upstream learns the client used TLS')
+  await t.rejects(rawRequest(rtBase, '/p/x'), 'runtime: an untrusted certificate is refused (it really is TLS)')
 
   const plain = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/p', upstream: up.url, auth: false }] }, 'test'), logger: false })
   t.teardown(() => plain.close())

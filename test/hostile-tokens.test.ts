@@ -15,7 +15,8 @@ async function buildApp (issuer: TestIssuer, lines: LogLine[]): Promise<FastifyI
   const app = Fastify({
     logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s) as LogLine) } } }
   })
-  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }] })
+  // a long cooldown: the fetch counts below must not depend on how fast 1,000 requests run
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }], kidMissCooldown: 30 })
   app.get('/me', async (req) => ({ sub: req.user?.sub }))
   await app.ready()
   await app.jwksAuth.refresh()
@@ -191,4 +192,16 @@ t.test('1,000 random kids concurrently cause at most one JWKS fetch', async (t) 
   t.equal(later.statusCode, 401)
   t.equal(issuer.fetches - before, 1, 'still one: the cooldown holds after the flood')
   t.equal((await app.inject({ url: '/me', headers: { authorization: `Bearer ${issuer.sign()}` } })).statusCode, 200)
+})
+
+t.test('expected refusals capture no stack trace (a flood of bad tokens pays for none; none is ever logged)', async (t) => {
+  const { AuthFailure, InvalidTokenError, InsufficientScopeError } = await import('@portcullis/core')
+  const { RateLimitedError } = await import('@portcullis/rate-limit')
+  const { RouteNotFoundError, BadPathError, CircuitOpenError, InternalError } = await import('../gateway/errors.js')
+  const frames = (err: Error): number => (err.stack ?? '').split('\n').filter((l) => l.trimStart().startsWith('at ')).length
+  for (const err of [new AuthFailure('unknown_kid'), new InvalidTokenError(), new InsufficientScopeError(), new RateLimitedError(3), new RouteNotFoundError(), new BadPathError(), new CircuitOpenError()]) {
+    t.equal(frames(err), 0, `${err.constructor.name} ${(err as { code?: string }).code ?? (err as InstanceType<typeof AuthFailure>).reason}: no stack frames`)
+  }
+  t.ok(frames(new InternalError()) > 0, 'a 500 keeps its stack')
+  t.ok(frames(new Error('x')) > 0, 'Error.stackTraceLimit is restored after an AuthFailure')
 })

@@ -173,3 +173,77 @@ t.test('a key whose material changes under the same kid replaces the old one', a
   t.equal(await call(app, old), 401, 'tokens of the old material are refused, cache included')
   t.equal(await call(app, issuer.sign({}, { key: impostor })), 200)
 })
+
+t.test('a key change lifts the kid-miss cooldown: the next unknown kid fetches at once, the one after waits again', async (t) => {
+  const k1 = rsaKey({ label: 'rot-a' })
+  const k2 = rsaKey({ label: 'rot-b' })
+  const k3 = rsaKey({ label: 'rot-c' })
+  const issuer = await startTestIssuer({ keys: [k1] })
+  t.teardown(() => issuer.close())
+  const clock = { ms: Date.now() }
+  const app = await buildApp(issuer, clock, { kidMissCooldown: 30 })
+  t.teardown(() => app.close())
+  const now = Math.floor(clock.ms / 1000)
+  const before = issuer.fetches
+  t.equal(await call(app, issuer.sign({}, { key: k1, now, kid: 'random-1' })), 401)
+  t.equal(issuer.fetches, before + 1, 'the random kid spent the kid-miss fetch: cooldown armed')
+  // a revoke: k1 leaves, k2 replaces it; the background refresh sees the change
+  issuer.removeKey(k1.kid)
+  issuer.addKey(k2)
+  clock.ms += 1000
+  await app.jwksAuth.refresh()
+  t.equal(await call(app, issuer.sign({}, { key: k2, now })), 200, 'k2 learnt by the refresh')
+  // another replica of the issuer is already on k3: its first token must not wait for the cooldown
+  issuer.addKey(k3)
+  const fetches = issuer.fetches
+  t.equal(await call(app, issuer.sign({}, { key: k3, now })), 200, 'inside the old cooldown, k3 is fetched at once')
+  t.equal(issuer.fetches, fetches + 1)
+  // no change in that fetch? it did change (k3 added), but a second lift within one cooldown is refused
+  t.equal(await call(app, issuer.sign({}, { key: k1, now, kid: 'random-2' })), 401)
+  t.equal(await call(app, issuer.sign({}, { key: k1, now, kid: 'random-3' })), 401)
+  t.equal(issuer.fetches, fetches + 1, 'random kids after that wait for the cooldown again: at most one lift per cooldown')
+})
+
+t.test('emergency revoke under a random-kid flood, default settings: the replacement key verifies within 5 s, with at most one fetch per cooldown', async (t) => {
+  const old = rsaKey({ label: 'rev-old' })
+  const replacement = rsaKey({ label: 'rev-new' })
+  const issuer = await startTestIssuer({ keys: [old] })
+  t.teardown(() => issuer.close())
+  // real clock, every timing at its default (the background refresh, 30 s, does not run in this test)
+  const app = Fastify()
+  await app.register(jwksAuth, { issuers: [{ issuer: issuer.url, audience: 'portcullis' }] })
+  app.get('/me', async (req) => ({ sub: req.user?.sub }))
+  await app.ready()
+  await app.jwksAuth.refresh()
+  t.teardown(() => app.close())
+  let flooding = true
+  let floodRequests = 0
+  const flood = (async () => {
+    while (flooding) {
+      floodRequests++
+      await call(app, issuer.sign({}, { key: old, kid: `random-${floodRequests}` }))
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  })()
+  t.teardown(async () => { flooding = false; await flood })
+  await new Promise((resolve) => setTimeout(resolve, 300)) // the flood has armed the cooldown
+  const fetchesBefore = issuer.fetches
+  issuer.removeKey(old.kid)
+  issuer.addKey(replacement)
+  const start = Date.now()
+  let waited = 0
+  while (await call(app, issuer.sign({}, { key: replacement })) !== 200) {
+    waited = Date.now() - start
+    if (waited > 10_000) break
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  waited = Date.now() - start
+  flooding = false
+  await flood
+  t.ok(waited <= 5000, `replacement-key token accepted after ${waited} ms (at most 5,000)`)
+  const fetches = issuer.fetches - fetchesBefore
+  // one fetch per 2 s cooldown over the wait, plus one lift after the change
+  t.ok(fetches <= Math.ceil(waited / 2000) + 2, `${fetches} JWKS fetches in ${waited} ms under a flood of ${floodRequests} random kids`)
+  t.ok(floodRequests > 20, 'the flood ran all along')
+  t.equal(await call(app, issuer.sign({}, { key: old })), 401, 'the revoked key no longer verifies')
+})

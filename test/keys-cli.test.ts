@@ -12,10 +12,14 @@ async function dump (db: Db): Promise<unknown[]> {
   return await db.query(`SELECT * FROM ${KEYS_TABLE} ORDER BY kid`)
 }
 
-/** A failed command: non-zero exit and exactly one line on stderr matching `re`. */
+/**
+ * A failed command: non-zero exit and exactly one line on stderr matching `re`, after the line naming
+ * the store when the command got as far as opening one.
+ */
 function oneLineError (t: Test, r: { code: number | null, stderr: string }, re: RegExp, what: string): void {
   t.equal(r.code, 1, `${what}: exit code 1`)
-  const lines = r.stderr.trim().split('\n')
+  const all = r.stderr.trim().split('\n')
+  const lines = /^portcullis: store: /.test(all[0] ?? '') ? all.slice(1) : all
   t.equal(lines.length, 1, `${what}: one line (${r.stderr.trim()})`)
   t.match(lines[0], re, what)
 }

@@ -167,6 +167,8 @@ t.test('a state change is logged only once its transaction committed (regression
   const flaky: Db = {
     dialect: db.dialect,
     description: db.description,
+    location: db.location,
+    ready: async () => await db.ready(),
     query: async (sql, params) => await db.query(sql, params),
     run: async (sql, params) => await db.run(sql, params),
     close: async () => await db.close(),

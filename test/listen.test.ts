@@ -49,9 +49,11 @@ t.test('auth and rotation exit with one line naming the busy port setting', asyn
   t.teardown(() => { server.close(); rmSync(dir, { recursive: true, force: true }) })
   const env = { PORTCULLIS_DATA_DIR: dir, LOG_LEVEL: 'silent', PORTCULLIS_KEY_SECRETS: 'x'.repeat(43) }
 
+  // the store line (which store the process opened), then the one line naming the setting
+  const storeLine = `portcullis: store: SQLite ${join(dir, 'portcullis.db')}`
   const auth = await cliFails(t, ['auth'], { ...env, AUTH_PORT: String(port), AUTH_ADMIN_PORT: '0' })
-  t.equal(auth, `portcullis: Invalid configuration: AUTH_PORT: 127.0.0.1:${port} is already in use`)
+  t.equal(auth, `${storeLine}\nportcullis: Invalid configuration: AUTH_PORT: 127.0.0.1:${port} is already in use`)
 
   const rotation = await cliFails(t, ['rotation'], { ...env, ROTATION_METRICS_PORT: String(port) })
-  t.equal(rotation, `portcullis: Invalid configuration: ROTATION_METRICS_PORT: 127.0.0.1:${port} is already in use`)
+  t.equal(rotation, `${storeLine}\nportcullis: Invalid configuration: ROTATION_METRICS_PORT: 127.0.0.1:${port} is already in use`)
 })

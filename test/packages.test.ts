@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url'
 const root = fileURLToPath(new URL('..', import.meta.url))
 const fixtures = join(root, 'test/fixtures/consumer')
 /** Every plugin package, each after the packages it depends on. */
-const PACKAGES = ['core', 'authorize', 'metrics', 'jwks-auth', 'rate-limit', 'propagation']
+const PACKAGES = ['core', 'authorize', 'metrics', 'jwks-auth', 'rate-limit', 'propagation', 'tracing']
 /** Packages of the gateway's own processes or of development: never pulled in by an install of jwks-auth. */
 const SERVER_ONLY = ['better-sqlite3', 'pg', 'ioredis', 'tsx', 'esbuild', 'typescript', 'jose', 'tap', 'eslint']
 const TSC_FLAGS = ['--strict', '--noEmit', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--skipLibCheck', 'false']

@@ -65,3 +65,31 @@ t.test('bypassing store: after N failures in a row the store is not called until
   t.same(await incr(store, 'k', 10), { current: 1, ttl: 10 })
   t.equal(calls, 6)
 })
+
+t.test('Redis store: an event-loop stall longer than the command timeout fails no command whose answer arrived meanwhile, and a healthy Redis is not bypassed', { skip: await redisSkip() }, async (t) => {
+  // the plugin's own client, as the plugin builds it
+  const redis = await createRedisClient(TEST_REDIS_URL)
+  await redis.connect()
+  const raw = new Redis(TEST_REDIS_URL)
+  const prefix = `portcullis-test-${randomUUID()}:`
+  t.teardown(async () => { await raw.del(`${prefix}k`); redis.disconnect(); await raw.quit() })
+  const store = new BypassingStore(new RedisStore(redis, prefix, { commandTimeout: 50 }), 5, 5000)
+  await incr(store, 'k', 60_000) // the script is loaded
+  const errors: Array<Error | null> = []
+  for (let i = 0; i < 64; i++) store.incr('k', 60_000, (err) => { errors.push(err) })
+  // a 250 ms stall of this process (a GC pause, a slow request) while Redis answers all 64
+  const until = Date.now() + 250
+  while (Date.now() < until) { /* busy */ }
+  while (errors.length < 64) await new Promise((resolve) => setTimeout(resolve, 5))
+  t.equal(errors.filter((e) => e !== null).length, 0, 'no command failed: the answers were read before the timers decided')
+  t.equal((await incr(store, 'k', 60_000)).current, 66, 'every hit counted, and the store is not bypassed')
+})
+
+t.test('Redis store: a Redis that does not answer fails a hit after the command timeout', async (t) => {
+  const hung = { defineCommand: () => {}, connect: async () => {}, disconnect: () => {}, on: () => hung, portcullisRateLimit: () => new Promise(() => {}) }
+  const store = new RedisStore(hung, 'x:', { commandTimeout: 30 })
+  const start = Date.now()
+  const err = await new Promise<Error | null>((resolve) => { store.incr('k', 1000, (e) => { resolve(e) }) })
+  t.match(err, { name: 'RedisCommandTimeoutError', message: /did not answer within 30 ms/ })
+  t.ok(Date.now() - start >= 30, 'not before the timeout')
+})

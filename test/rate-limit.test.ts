@@ -5,7 +5,7 @@ import { clientKey } from '../plugins/rate-limit/src/ip.js'
 import { buildGateway, type Gateway } from '../gateway/server.js'
 import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, rawRequest } from './helpers/upstream.js'
-import { startTestIssuer, type TestIssuer } from './helpers/issuer.js'
+import { rsaKey, startTestIssuer, type TestIssuer } from './helpers/issuer.js'
 
 async function start (t: Test, rateLimit: unknown, routes: Array<Record<string, unknown>>): Promise<{ gw: Gateway, base: string, issuer: TestIssuer }> {
   const issuer = await startTestIssuer()
@@ -66,19 +66,63 @@ t.test('anonymous callers are limited by IP; per-route limits and opt-outs', asy
   t.equal(api.headers['ratelimit-limit'], '100', 'the global default applies elsewhere')
 })
 
-t.test('401s count against the IP: token guessing is refused before verification', async (t) => {
-  const { base, issuer, gw } = await start(t, { max: 3, timeWindow: '1m' }, [{ prefix: '/api' }])
-  for (let i = 0; i < 4; i++) {
-    t.equal((await rawRequest(base, '/api/x', { headers: bearer(`guess.${i}.x`) })).status, 401, `guess ${i}`)
+t.test('failure budget: a guesser\'s IP gets 429 on its failed tokens, while valid users behind the same IP keep getting 200', async (t) => {
+  const { base, issuer, gw } = await start(t, { max: 3, timeWindow: '1m' }, [{ prefix: '/api' }, { prefix: '/pub', auth: false, rateLimit: false }])
+  // a forged signature: the issuer's kid, another key
+  const forged = (i: number): string => issuer.sign({ sub: `guess${i}` }, { key: rsaKey(), kid: issuer.published[0]!.kid })
+  for (let i = 0; i < 3; i++) {
+    t.equal((await rawRequest(base, '/api/x', { headers: bearer(`guess.${i}.x`) })).status, 401, `malformed guess ${i} is a 401`)
   }
-  const blocked = await rawRequest(base, '/api/x', { headers: bearer(issuer.sign({ sub: 'lucky' })) })
-  t.equal(blocked.status, 429, 'the IP used its budget on 401s: even a valid token waits')
-  t.ok(Number(blocked.headers['retry-after']) > 0)
+  // the 4th failure is past the budget of 3 (the response is already on its way: still a 401)
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer(forged(3)) })).status, 401, 'forged guess: 401')
+  const refused = await rawRequest(base, '/api/x', { headers: bearer(forged(4)) })
+  t.equal(refused.status, 429, 'over the failure budget: a failed token gets 429')
+  t.equal(refused.json().code, 'PORTCULLIS_RATE_LIMITED')
+  t.ok(Number(refused.headers['retry-after']) > 0, 'with Retry-After')
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer('guess.9.x') })).status, 429, 'a malformed one too')
+
+  // the other side: a valid user behind the same IP is verified first and goes on, on its own budget
+  const alice = issuer.sign({ sub: 'alice' })
+  for (let i = 0; i < 3; i++) {
+    const ok = await rawRequest(base, '/api/x', { headers: bearer(alice) })
+    t.equal(ok.status, 200, `valid token from the guesser's IP: 200 (${i})`)
+    t.equal(ok.headers['ratelimit-remaining'], String(2 - i), 'spending alice\'s budget, not the IP\'s')
+  }
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer(issuer.sign({ sub: 'bob' })) })).status, 200, 'a fresh token of another user: 200')
+  // a real holder's failure keeps its 401, so the client refreshes instead of backing off
+  const expired = await rawRequest(base, '/api/x', { headers: bearer(issuer.sign({ sub: 'carol' }, { now: Math.floor(Date.now() / 1000) - 3600 })) })
+  t.equal(expired.status, 401, 'an expired token: 401, not 429')
+  t.equal((await rawRequest(base, '/api/x')).status, 401, 'no token: 401 with the challenge')
+  t.equal((await rawRequest(base, '/pub/x')).status, 200, 'a route that needs no token: 200')
+
   const m = (await gw.admin.inject({ url: '/metrics' })).body
-  t.match(m, /portcullis_auth_requests_total\{result="failure",reason="malformed"\} 4/, 'the blocked attempt was not verified')
   // labelled by the budget name like every other 429, not by the route pattern (/api/*)
-  t.match(m, /portcullis_rate_limit_rejections_total\{route="\*"\} 1/, 'the guard counts under the route\'s budget name')
+  t.match(m, /portcullis_rate_limit_rejections_total\{route="\*"\} 2/, 'the two refused guesses, under the route\'s budget name')
   t.notMatch(m, /rejections_total\{route="\/api/)
+})
+
+t.test('failure budget: expired and missing tokens never spend it; the plugin without checkOverBudget refuses the IP outright', async (t) => {
+  const { base, issuer } = await start(t, { max: 2, timeWindow: '1m' }, [{ prefix: '/api' }])
+  const old = Math.floor(Date.now() / 1000) - 3600
+  for (let i = 0; i < 6; i++) {
+    t.equal((await rawRequest(base, '/api/x', { headers: bearer(issuer.sign({ sub: `u${i}` }, { now: old })) })).status, 401, `expired ${i}: 401`)
+    t.equal((await rawRequest(base, '/api/x')).status, 401, `missing ${i}: 401`)
+  }
+  t.equal((await rawRequest(base, '/api/x', { headers: bearer('bad.1.x') })).status, 401, 'the first guess after them is still a 401: nothing was spent')
+
+  // a plain Fastify app: 401s from its own hook, no checkOverBudget
+  const app = Fastify({ logger: false })
+  await app.register(rateLimitPlugin, { global: false, failureBudget: { max: 1, timeWindow: 60_000 } })
+  app.addHook('onRequest', async (request) => {
+    if (request.headers.authorization !== 'good') throw Object.assign(new Error('no'), { statusCode: 401 })
+  })
+  app.get('/', async () => 'ok')
+  t.teardown(() => app.close())
+  t.equal((await app.inject({ url: '/', headers: { authorization: 'bad' } })).statusCode, 401)
+  t.equal((await app.inject({ url: '/', headers: { authorization: 'bad' } })).statusCode, 401, 'past the budget on this one')
+  const r = await app.inject({ url: '/', headers: { authorization: 'good' } })
+  t.equal(r.statusCode, 429, 'without checkOverBudget every request of the IP waits')
+  t.ok(Number(r.headers['retry-after']) > 0)
 })
 
 t.test('bad plugin options fail at registration with the option named', async (t) => {
@@ -86,7 +130,10 @@ t.test('bad plugin options fail at registration with the option named', async (t
     [{ max: -1 }, /option "max" must be a non-negative integer/],
     [{ max: 1.5 }, /option "max"/],
     [{ timeWindow: 0 }, /option "timeWindow" must be a positive number/],
-    [{ redis: 'http://x' }, /option "redis" must be a redis:\/\/ or rediss:\/\/ URL/]
+    [{ redis: 'http://x' }, /option "redis" must be a redis:\/\/ or rediss:\/\/ URL/],
+    [{ failureBudget: { max: -1 } }, /option "failureBudget.max" must be a non-negative integer/],
+    [{ failureBudget: { timeWindow: 0 } }, /option "failureBudget.timeWindow" must be a positive number/],
+    [{ checkOverBudget: 'yes' as unknown as () => Promise<void> }, /option "checkOverBudget" must be a function/]
   ] as const) {
     const app = Fastify({ logger: false })
     await t.rejects(async () => { await app.register(rateLimitPlugin, opts).ready() }, re)

@@ -29,7 +29,7 @@ async function metricValue (registry: promClient.Registry, name: string, labels:
 t.test('rotation config: defaults and validation', async (t) => {
   const cfg = rotationConfigFromEnv({})
   t.equal(cfg.schedule, DEFAULT_ROTATION_SCHEDULE)
-  t.equal(cfg.metricsPort, 9464)
+  t.equal(cfg.metricsPort, 8092, 'not 9464, the OpenTelemetry Prometheus exporter\'s port')
   t.equal(cfg.metricsHost, '127.0.0.1')
   t.equal(cfg.keySize, 2048)
   t.equal(rotationConfigFromEnv({ KEY_SIZE: '4096', ROTATION_SCHEDULE: '0 */5 * * * *' }).keySize, 4096)

@@ -118,6 +118,6 @@ t.test('the stack waits for the gateway admin listener where GATEWAY_ADMIN_HOST 
   const at = listeners({ GATEWAY_HOST: '0.0.0.0', GATEWAY_ADMIN_HOST: '127.0.0.2', GATEWAY_ADMIN_PORT: '9190' })
   t.same(at.get('GATEWAY_ADMIN_PORT'), { host: '127.0.0.2', port: 9190 })
   t.same(at.get('GATEWAY_PORT'), { host: '0.0.0.0', port: 8080 })
-  t.same(listeners({ GATEWAY_HOST: '0.0.0.0' }).get('GATEWAY_ADMIN_PORT'), { host: '127.0.0.1', port: 9090 },
+  t.same(listeners({ GATEWAY_HOST: '0.0.0.0' }).get('GATEWAY_ADMIN_PORT'), { host: '127.0.0.1', port: 8090 },
     'unset, the admin listener stays on the gateway\'s default admin host, as the gateway does')
 })

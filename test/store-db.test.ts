@@ -1,4 +1,5 @@
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { connect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -53,7 +54,7 @@ t.test('an unreachable PostgreSQL store is named in the error (regression: a bar
   const port = await freePort()
   const db = openDb({ databaseUrl: `postgres://portcullis:hunter2hunter2@127.0.0.1:${port}/test` })
   t.teardown(() => db.close())
-  const expected = { code: 'PORTCULLIS_STORE_UNAVAILABLE', message: new RegExp(`^cannot reach the PostgreSQL store \\(DATABASE_URL\\) postgres://portcullis:\\*\\*\\*@127\\.0\\.0\\.1:${port}/test: connect ECONNREFUSED`) }
+  const expected = { code: 'PORTCULLIS_STORE_UNAVAILABLE', message: new RegExp(`^cannot reach the PostgreSQL store \\(DATABASE_URL\\) postgres://portcullis:\\*\\*\\*@127\\.0\\.0\\.1:${port}/test \\(schema portcullis, or an older install's on the search_path\\): connect ECONNREFUSED`) }
   await t.rejects(db.query('SELECT 1'), expected, 'query')
   await t.rejects(db.run('SELECT 1'), expected, 'run')
   await t.rejects(db.transaction(async () => 1), expected, 'transaction')
@@ -66,7 +67,7 @@ t.test('a PostgreSQL database that does not exist is named too; SQL errors are n
   const missing = openDb({ databaseUrl: TEST_DATABASE_URL.replace(/\/[^/]*$/, '/portcullis_no_such_db') })
   t.teardown(() => missing.close())
   await t.rejects(missing.query('SELECT 1'), { code: 'PORTCULLIS_STORE_UNAVAILABLE', message: /portcullis_no_such_db.*does not exist/ })
-  const db = openDb({ databaseUrl: TEST_DATABASE_URL })
+  const db = openDb({ databaseUrl: TEST_DATABASE_URL, pgSchema: null }) // the search_path as it is: nothing created in the shared database
   t.teardown(() => db.close())
   await t.rejects(db.query('SELECT * FROM portcullis_no_such_table'), { code: '42P01' })
 })
@@ -76,12 +77,40 @@ t.test('several processes opening a new PostgreSQL schema at once all start (reg
   const dbs = Array.from({ length: 8 }, () => openDb({ databaseUrl: TEST_DATABASE_URL, pgSchema: schema, pgPoolSize: 1 }))
   t.teardown(async () => {
     await Promise.all(dbs.map((d) => d.close()))
-    const c = openDb({ databaseUrl: TEST_DATABASE_URL })
+    const c = openDb({ databaseUrl: TEST_DATABASE_URL, pgSchema: null })
     await c.run(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
     await c.close()
   })
   const results = await Promise.allSettled(dbs.map((d) => d.query<{ one: number }>('SELECT 1 AS one')))
   t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'every one started')
+})
+
+t.test('a PostgreSQL store unreachable when first used works once the server answers (regression: the failed schema set-up was kept and every later statement failed with it)', { skip: pgSkip }, async (t) => {
+  const port = await freePort()
+  const target = new URL(TEST_DATABASE_URL)
+  const url = new URL(TEST_DATABASE_URL)
+  url.hostname = '127.0.0.1'
+  url.port = String(port)
+  const schema = `t_retry_${process.pid}_${Date.now() % 1e6}`
+  const db = openDb({ databaseUrl: url.toString(), pgSchema: schema, pgPoolSize: 1 })
+  const sockets = new Set<Socket>()
+  // Nothing listens on the port yet; then a plain TCP relay to the real server does.
+  const relay = createServer((client) => {
+    const server = connect(Number(target.port || 5432), target.hostname)
+    for (const s of [client, server]) { sockets.add(s); s.on('error', () => {}); s.on('close', () => sockets.delete(s)) }
+    client.pipe(server).pipe(client)
+  })
+  t.teardown(async () => {
+    await db.close()
+    for (const s of sockets) s.destroy()
+    await new Promise<void>((resolve) => relay.close(() => resolve()))
+    const c = openDb({ databaseUrl: TEST_DATABASE_URL, pgSchema: null })
+    await c.run(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+    await c.close()
+  })
+  await t.rejects(db.query('SELECT 1'), { code: 'PORTCULLIS_STORE_UNAVAILABLE' }, 'refused while nothing listens')
+  await new Promise<void>((resolve) => relay.listen(port, '127.0.0.1', resolve))
+  t.same(await db.query('SELECT current_schema() AS s'), [{ s: schema }], 'the schema is made and used once the server answers')
 })
 
 t.test('a new SQLite store is private: directory 0700, database and WAL files 0600 (whatever the umask)', async (t) => {

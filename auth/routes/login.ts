@@ -61,8 +61,9 @@ const login: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
       req.log.warn({ event: 'auth_failure', reason: 'invalid_credentials', username: normalizeUsername(username), ip: req.ip }, 'login refused')
       throw new InvalidCredentialsError()
     }
-    const access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions })
+    // the session first: its id (the refresh-token family) is the access token's `sid`
     const refresh = await ctx.refresh.issue(user.id)
+    const access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions, sid: refresh.familyId })
     ctx.metrics.tokensIssued.inc({ grant: 'login' })
     req.log.info({ event: 'auth_success', sub: user.id, kid: access.kid, ip: req.ip }, 'login')
     noStore(reply)

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import type { RotateFailure } from '../../store/refresh.js'
-import { issueAccessToken, noStore, type AuthContext, type IssuedAccessToken } from '../context.js'
+import { issueAccessToken, noStore, revocationFor, type AuthContext, type IssuedAccessToken } from '../context.js'
 import { InvalidRefreshTokenError, NoSigningKeyError } from '../errors.js'
 import { refreshBody, type RefreshBody } from './schemas.js'
 
@@ -25,13 +25,16 @@ export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyReques
   const user = subject !== null ? await ctx.users.getById(subject) : null
   let access: IssuedAccessToken | undefined
   const r = await ctx.refresh.rotate(token, (next) => {
-    if (user !== null && next.subject === user.id) access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions })
+    if (user !== null && next.subject === user.id) access = issueAccessToken(ctx, { sub: user.id, role: user.role, permissions: user.permissions, sid: next.familyId })
   })
   if (!r.ok) {
+    ctx.metrics.loginFailures.inc({ reason: `refresh_${r.reason}` })
     if (r.reason === 'reused') {
       ctx.metrics.refreshReuse.inc()
       req.log.warn({ event: 'refresh_token_reuse', security: true, family: r.familyId, sub: r.subject, ip: req.ip },
         'an already-rotated refresh token was presented: its family is revoked')
+      // and the session's access tokens with it, at every verifier
+      if (r.familyId !== undefined) await ctx.revocations.record([revocationFor(ctx, 'sid', r.familyId, 'reuse')])
     } else {
       req.log.info({ event: 'auth_failure', reason: `refresh_${r.reason}`, family: r.familyId, ip: req.ip }, 'refresh refused')
     }
@@ -39,6 +42,7 @@ export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyReques
   }
   if (user === null || access === undefined) {
     await ctx.refresh.revoke(r.token, 'subject_removed')
+    ctx.metrics.loginFailures.inc({ reason: 'refresh_revoked' })
     return 'revoked'
   }
   ctx.metrics.tokensIssued.inc({ grant: 'refresh_token' })
@@ -46,7 +50,7 @@ export async function exchangeRefreshToken (ctx: AuthContext, req: FastifyReques
   return { access_token: access.accessToken, token_type: 'Bearer', expires_in: access.expiresIn, refresh_token: r.token }
 }
 
-/** POST /auth/refresh (a new pair for a refresh token) and POST /auth/logout (revokes its family). */
+/** POST /auth/refresh (a new pair for a refresh token) and POST /auth/logout (revokes its family and that session's access tokens). */
 const refresh: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
   app.post<{ Body: RefreshBody }>('/auth/refresh', { schema: { body: refreshBody } }, async (req, reply) => {
     const result = await exchangeRefreshToken(ctx, req, req.body.refresh_token)
@@ -57,8 +61,10 @@ const refresh: FastifyPluginAsync<AuthContext> = async (app, ctx) => {
 
   // Always 204 for a well-formed request, like RFC 7009 revocation: the answer says nothing about the token.
   app.post<{ Body: RefreshBody }>('/auth/logout', { schema: { body: refreshBody } }, async (req, reply) => {
-    const revoked = await ctx.refresh.revoke(req.body.refresh_token, 'logout')
-    req.log.info({ event: 'logout', revoked, ip: req.ip }, 'logout')
+    const family = await ctx.refresh.revokeFamily(req.body.refresh_token, 'logout')
+    // the session's access tokens are refused at every verifier too (within about a second)
+    if (family !== null) await ctx.revocations.record([revocationFor(ctx, 'sid', family, 'logout')])
+    req.log.info({ event: 'logout', revoked: family !== null, ip: req.ip }, 'logout')
     return reply.code(204).send()
   })
 }

@@ -3,6 +3,19 @@ const str = (maxLength: number): { type: 'string', minLength: 1, maxLength: numb
 
 export const MAX_REFRESH_TOKEN_LENGTH = 512
 
+/** RFC 7009 revocation request: the token, and a hint of its type (which may be wrong). */
+export const revokeBody = {
+  type: 'object',
+  required: ['token'],
+  additionalProperties: false,
+  properties: {
+    token: str(8192),
+    token_type_hint: { type: 'string', maxLength: 64 },
+    client_id: str(256)
+  }
+} as const
+export interface RevokeBody { token: string, token_type_hint?: string, client_id?: string }
+
 export const loginBody = {
   type: 'object',
   required: ['username', 'password'],

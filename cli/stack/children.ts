@@ -75,13 +75,16 @@ export function startChild (spec: ChildSpec, index: number, out: Writable, opts:
 }
 
 /**
- * Stops the children one after another in the order given (SIGTERM, then SIGKILL after `graceMs`),
+ * Stops the children one after another in the order given (SIGINT, then SIGKILL after `graceMs`),
  * so a caller can stop the gateway before the services it proxies to. Resolves when all are gone.
+ * SIGINT, as Ctrl-C would: each finishes its in-flight requests, and none waits out the drain delay
+ * it keeps after SIGTERM for a load balancer (AUTH_DRAIN_DELAY, SERVICE_DRAIN_DELAY: 5 s each, 20 s
+ * in a row), since nothing balances the stack's processes.
  */
 export async function stopChildren (children: RunningChild[], graceMs: number): Promise<void> {
   for (const c of children) {
     if (c.proc.exitCode !== null || c.proc.signalCode !== null) continue
-    c.proc.kill('SIGTERM')
+    c.proc.kill('SIGINT')
     const timer = setTimeout(() => c.proc.kill('SIGKILL'), graceMs)
     await c.exited
     clearTimeout(timer)

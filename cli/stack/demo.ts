@@ -21,6 +21,13 @@ export const DEMO_USERS: readonly DemoUser[] = [
   { username: 'admin', password: 'admin-demo-pass', role: 'admin', permissions: ['order:create', 'order:read', 'product:write'], note: 'sees every user and order, may add products' }
 ]
 
+/**
+ * AUTH_LOGIN_USER_MAX that `portcullis start` gives auth in demo mode (unless set): logins per
+ * username per AUTH_LOGIN_USER_WINDOW (5 minutes). The demo passwords are public, so the limit guards
+ * nothing there; the walkthrough logs alice and bob in once per paste.
+ */
+export const DEMO_LOGIN_USER_MAX = 100
+
 export const DEMO_CLIENT_ID = 'order-service'
 export const DEMO_CLIENT_SCOPES = ['products:read']
 

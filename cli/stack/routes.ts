@@ -16,7 +16,8 @@ export interface StackRouteOptions {
 /** The default route table of `portcullis start`: `/api/<name>` to each example service. */
 export function stackRouteFile (o: StackRouteOptions): Record<string, unknown> {
   return {
-    issuers: [{ issuer: o.issuer, audience: o.audience }],
+    // the auth service's revocation feed: logouts and revoked users, tokens and keys refused in about a second
+    issuers: [{ issuer: o.issuer, audience: o.audience, revocations: `${o.issuer}/auth/revocations` }],
     rateLimit: { max: o.rateLimitMax, timeWindow: '1m' },
     routes: [
       { name: 'users', prefix: '/api/users', upstream: o.users, rewritePrefix: '/users' },

@@ -18,7 +18,8 @@ export interface GatewayProcess {
 export async function startGatewayProcess (env: Record<string, string>): Promise<GatewayProcess> {
   const [port, adminPort] = await freePorts(2) as [number, number]
   const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
-    env: { ...process.env, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info', ...env },
+    // no drain delay on SIGTERM (test/gateway-reload.test.ts checks it in process)
+    env: { ...process.env, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort), LOG_LEVEL: 'info', GATEWAY_DRAIN_DELAY: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let out = ''

@@ -8,6 +8,26 @@ import { freePorts } from './ports.js'
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const BIN = join(REPO_ROOT, 'bin', 'portcullis.js')
 
+/**
+ * Short key timings that still obey the lifecycle rules (docs/design.md), so a test sees rotations
+ * within seconds: T=10s, S=1s, C=2s (verifiers refresh the JWKS every 0.5s, cache at most 2s), P=3s
+ * (auth re-reads the active key every 0.5s); pre-publish 8s >= C+S+P; retire window 18s >= P+T+S+C;
+ * a new key every 9s, the worker ticking every second.
+ */
+export const SHORT_KEY_TIMINGS: Readonly<Record<string, string>> = Object.freeze({
+  ACCESS_TOKEN_TTL: '10s',
+  CLOCK_SKEW: '1s',
+  VERIFIER_CACHE_MAX: '2s',
+  SIGNER_PROPAGATION: '3s',
+  KEY_PREPUBLISH: '8s',
+  KEY_RETIRE_WINDOW: '18s',
+  KEY_ROTATION_PERIOD: '9s',
+  ROTATION_SCHEDULE: '* * * * * *',
+  AUTH_KEY_POLL_INTERVAL: '500ms',
+  JWKS_REFRESH_INTERVAL: '500ms',
+  JWKS_CACHE_TTL: '2s'
+})
+
 export interface StackPorts {
   AUTH_PORT: number
   AUTH_ADMIN_PORT: number
@@ -17,6 +37,9 @@ export interface StackPorts {
   USER_SERVICE_PORT: number
   ORDER_SERVICE_PORT: number
   PRODUCT_SERVICE_PORT: number
+  USER_SERVICE_ADMIN_PORT: number
+  ORDER_SERVICE_ADMIN_PORT: number
+  PRODUCT_SERVICE_ADMIN_PORT: number
 }
 
 export interface LogLine { proc: string, rec: Record<string, unknown> }
@@ -42,8 +65,11 @@ export interface RunningStack {
 }
 
 export async function stackPorts (): Promise<StackPorts> {
-  const [a, b, c, d, e, f, g, h] = await freePorts(8) as [number, number, number, number, number, number, number, number]
-  return { AUTH_PORT: a, AUTH_ADMIN_PORT: b, GATEWAY_PORT: c, GATEWAY_ADMIN_PORT: d, ROTATION_METRICS_PORT: e, USER_SERVICE_PORT: f, ORDER_SERVICE_PORT: g, PRODUCT_SERVICE_PORT: h }
+  const [a, b, c, d, e, f, g, h, i, j, k] = await freePorts(11) as [number, number, number, number, number, number, number, number, number, number, number]
+  return {
+    AUTH_PORT: a, AUTH_ADMIN_PORT: b, GATEWAY_PORT: c, GATEWAY_ADMIN_PORT: d, ROTATION_METRICS_PORT: e, USER_SERVICE_PORT: f, ORDER_SERVICE_PORT: g, PRODUCT_SERVICE_PORT: h,
+    USER_SERVICE_ADMIN_PORT: i, ORDER_SERVICE_ADMIN_PORT: j, PRODUCT_SERVICE_ADMIN_PORT: k
+  }
 }
 
 export function tempDataDir (): { dir: string, remove: () => void } {
@@ -65,6 +91,10 @@ export async function startStack (opts: { ports: StackPorts, dataDir: string, en
     STACK_LOG_FORMAT: 'json',
     // Cheap password hashing: the same code path, ~1 ms instead of ~100 ms per login.
     PASSWORD_SCRYPT_N: '1024',
+    // No drain delay on SIGTERM (test/admin-listeners.test.ts checks it): stopping a stack would wait it once per process.
+    AUTH_DRAIN_DELAY: '0',
+    SERVICE_DRAIN_DELAY: '0',
+    GATEWAY_DRAIN_DELAY: '0',
     ...opts.env
   }
   const proc = spawn(process.execPath, [BIN, 'start', ...(opts.args ?? [])], { cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -158,4 +188,24 @@ export function claimsOf (jwt: string): Record<string, unknown> {
 
 export function headerOf (jwt: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(jwt.split('.')[0]!, 'base64url').toString('utf8')) as Record<string, unknown>
+}
+
+/** A JSON answer as the end-to-end tests read it: status, headers, and the body (`{ text }` when it is not JSON). */
+export interface CallResult { status: number, headers: Headers, body: Record<string, unknown> }
+
+/** One HTTP call of a client: an optional bearer token, a JSON body, extra headers. */
+export async function call (method: string, url: string, opts: { token?: string, body?: unknown, headers?: Record<string, string> } = {}): Promise<CallResult> {
+  const res = await fetch(url, {
+    method,
+    headers: {
+      ...(opts.token !== undefined ? { authorization: `Bearer ${opts.token}` } : {}),
+      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
+      ...opts.headers
+    },
+    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {})
+  })
+  const text = await res.text()
+  let body: Record<string, unknown> = {}
+  try { body = text === '' ? {} : JSON.parse(text) as Record<string, unknown> } catch { body = { text } }
+  return { status: res.status, headers: res.headers, body }
 }

@@ -30,23 +30,42 @@ function currentUser (request: FastifyRequest): VerifiedUser | null {
   return (request as unknown as { user?: VerifiedUser | null }).user ?? null
 }
 
-/** Why a user fails the rules, or null when the rules are satisfied. */
-export function missingRight (user: VerifiedUser, rules: RouteAuthRules): string | null {
+/** The kind of right a refused request lacked: the `reason` of a denial (a bounded set, fit for a metric label). */
+export const DENIAL_REASONS = ['role', 'permission', 'scope'] as const
+export type DenialReason = typeof DENIAL_REASONS[number]
+
+export interface AuthorizePluginOptions {
+  /**
+   * Called for every request the plugin refuses with 403, with the kind of right it lacked (jwks-auth
+   * counts them in `portcullis_authorization_denials_total`). Not called for the 401 of an
+   * unauthenticated request.
+   */
+  onDenied?: (request: FastifyRequest, reason: DenialReason) => void
+}
+
+/** The first right a user lacks, by kind, or null when the rules are satisfied. */
+function lacking (user: VerifiedUser, rules: RouteAuthRules): { reason: DenialReason, missing: string } | null {
   if (rules.roles !== undefined && rules.roles.length > 0 && (user.role === undefined || !rules.roles.includes(user.role))) {
-    return `role (one of ${rules.roles.join(', ')})`
+    return { reason: 'role', missing: `role (one of ${rules.roles.join(', ')})` }
   }
-  for (const p of rules.permissions ?? []) if (!user.permissions.includes(p)) return `permission ${p}`
-  for (const s of rules.scopes ?? []) if (!user.scope.includes(s)) return `scope ${s}`
+  for (const p of rules.permissions ?? []) if (!user.permissions.includes(p)) return { reason: 'permission', missing: `permission ${p}` }
+  for (const s of rules.scopes ?? []) if (!user.scope.includes(s)) return { reason: 'scope', missing: `scope ${s}` }
   return null
 }
 
+/** Why a user fails the rules, or null when the rules are satisfied. */
+export function missingRight (user: VerifiedUser, rules: RouteAuthRules): string | null {
+  return lacking(user, rules)?.missing ?? null
+}
+
 /** The refusal for a request that fails `rules`, or null when it may pass. */
-function refusal (request: FastifyRequest, rules: RouteAuthRules): Error | null {
+function refusal (request: FastifyRequest, rules: RouteAuthRules, onDenied?: AuthorizePluginOptions['onDenied']): Error | null {
   const user = currentUser(request)
   if (user === null) return httpErrorFor('missing')
-  const missing = missingRight(user, rules)
-  if (missing === null) return null
-  request.log.info({ event: 'auth_forbidden', sub: user.sub, route: request.routeOptions.url, method: request.method, missing }, 'authorization refused')
+  const lack = lacking(user, rules)
+  if (lack === null) return null
+  onDenied?.(request, lack.reason)
+  request.log.info({ event: 'auth_forbidden', sub: user.sub, route: request.routeOptions.url, method: request.method, missing: lack.missing }, 'authorization refused')
   return forbiddenError()
 }
 
@@ -62,9 +81,9 @@ export function requireRules (rules: RouteAuthRules): preHandlerAsyncHookHandler
 }
 
 /** requireRules as a callback-style hook: no promise per request on the routes the plugin guards. */
-function rulesHook (rules: RouteAuthRules): preHandlerHookHandler {
+function rulesHook (rules: RouteAuthRules, onDenied?: AuthorizePluginOptions['onDenied']): preHandlerHookHandler {
   return function authorizeRequest (request, _reply, done) {
-    done(refusal(request, rules) ?? undefined)
+    done(refusal(request, rules, onDenied) ?? undefined)
   }
 }
 
@@ -94,14 +113,15 @@ function checkRules (rules: unknown, route: string): RouteAuthRules {
  * Register before the routes it should cover (jwks-auth registers it for you); rules of routes declared
  * earlier are still enforced, by a preHandler, and never ignored.
  */
-const authorize: FastifyPluginAsync = async (app) => {
+const authorize: FastifyPluginAsync<AuthorizePluginOptions> = async (app, opts) => {
+  const onDenied = opts.onDenied
   if (app.hasDecorator('portcullisAuthorize')) return
   app.decorate('portcullisAuthorize', true)
   app.addHook('onRoute', (route: RouteOptions) => {
     const rules = route.config?.auth
     if (rules === undefined || rules === false) return
     const checked = checkRules(rules, `${String(route.method)} ${route.url}`)
-    route.preHandler = [...hookList(route.preHandler), rulesHook(checked)]
+    route.preHandler = [...hookList(route.preHandler), rulesHook(checked, onDenied)]
     // A fresh object: a config shared by several routes must not mark routes this hook never saw.
     const marked: FastifyContextConfig & { [ENFORCED]?: boolean } = { ...route.config, [ENFORCED]: true }
     route.config = marked
@@ -123,7 +143,7 @@ const authorize: FastifyPluginAsync = async (app) => {
       done(err as Error)
       return
     }
-    done(refusal(request, checked) ?? undefined)
+    done(refusal(request, checked, onDenied) ?? undefined)
   })
 }
 

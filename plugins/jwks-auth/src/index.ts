@@ -1,19 +1,22 @@
 import { performance } from 'node:perf_hooks'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
-import { AuthFailure, httpErrorFor, type FailureReason, type VerifiedUser } from '@portcullis/core'
-import authorize from '@portcullis/authorize'
+import { AuthFailure, FAILURE_REASONS, REVOCATION_KINDS, httpErrorFor, isGuessLike, type FailureReason, type VerifiedUser } from '@portcullis/core'
+import authorize, { DENIAL_REASONS } from '@portcullis/authorize'
 import { hotCounter, promClient, type Registry } from '@portcullis/metrics'
 import { authMetrics } from './metrics.js'
 import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './options.js'
-import { IssuerKeys } from './refresher.js'
+import { IssuerKeys, type IssuerStatus } from './refresher.js'
+import { RevocationFeed } from './revocation-feed.js'
+export type { IssuerStatus, KeyFreshness } from './refresher.js'
 import { TokenVerifier } from './verify.js'
 
 export type { JwksAuthOptions, IssuerOptions } from './options.js'
 export {
   AuthOptionsError, SUPPORTED_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_CLOCK_TOLERANCE, DEFAULT_KEY_CACHE_TTL,
   DEFAULT_KID_MISS_COOLDOWN, DEFAULT_REFRESH_INTERVAL, DEFAULT_MAX_STALE_AGE, DEFAULT_FETCH_TIMEOUT,
-  DEFAULT_TOKEN_CACHE_MAX, MIN_RSA_BITS, MAX_TOKEN_LENGTH, type RsaAlgorithm
+  DEFAULT_TOKEN_CACHE_MAX, DEFAULT_REVOCATION_STALE_AFTER, REVOCATION_POLICIES, MIN_RSA_BITS, MAX_TOKEN_LENGTH,
+  type RsaAlgorithm, type RevocationPolicy
 } from './options.js'
 export { FAILURE_REASONS, type FailureReason, type VerifiedUser } from '@portcullis/core'
 
@@ -35,6 +38,8 @@ export interface JwksAuthDecorator {
   refresh (): Promise<void>
   /** Verifies a token outside a request; throws an Error with `reason` (a FailureReason) when invalid. */
   verify (token: string): Promise<VerifiedUser>
+  /** Each issuer's key set as held now: last fetch, freshness, last error, kids (operator pages). */
+  status (): IssuerStatus[]
 }
 
 declare module 'fastify' {
@@ -105,18 +110,59 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
   if (!['info', 'debug', 'trace'].includes(successLevel)) throw new AuthOptionsError('successLogLevel', 'must be info, debug or trace')
   const registry: Registry = options.registry ?? (app.hasDecorator('metricsRegistry') ? app.metricsRegistry : new promClient.Registry())
   const metrics = authMetrics(registry)
+  // Every known label value exported at 0 from the start, so `rate()` and `increase()` alerts see
+  // the first event: each failure reason, and stale serving per configured issuer.
+  metrics.requests.inc({ result: 'success', reason: 'ok' }, 0)
+  for (const reason of [...FAILURE_REASONS, 'internal_error']) metrics.requests.inc({ result: 'failure', reason }, 0)
+  for (const config of options.issuers) metrics.staleServed.inc({ issuer: config.issuer }, 0)
+  for (const reason of DENIAL_REASONS) metrics.denials.inc({ reason }, 0)
   const issuers = new Map<string, IssuerKeys>()
   const tokens = new TokenVerifier(options, issuers, metrics)
   for (const config of options.issuers) {
-    issuers.set(config.issuer, new IssuerKeys(config, {
+    const keys = new IssuerKeys(config, {
       options,
       metrics,
       log: app.log,
       onRemoved: (issuer, kids) => tokens.flush(issuer, kids)
-    }))
+    })
+    issuers.set(config.issuer, keys)
+    if (config.revocations !== undefined) {
+      const issuer = config.issuer
+      const up = metrics.revocationFeedUp.labels({ issuer })
+      up.set(0)
+      for (const kind of REVOCATION_KINDS) metrics.revocationsReceived.inc({ issuer, kind }, 0)
+      metrics.revocationFeedReconnects.inc({ issuer }, 0)
+      metrics.revocationFeedLag.set({ issuer }, 0)
+      metrics.revocationSetSize.set({ issuer }, 0)
+      const feed = new RevocationFeed(config.revocations, {
+        now: options.now,
+        log: app.log,
+        hooks: {
+          onEvents: (events, at) => {
+            for (const e of events) metrics.revocationsReceived.inc({ issuer, kind: e.kind })
+            const last = events[events.length - 1]
+            if (last !== undefined) metrics.revocationFeedLag.set({ issuer }, Math.max(0, (at - last.revokedAt) / 1000))
+          },
+          onState: (live) => {
+            up.set(live ? 1 : 0)
+            app.log[live ? 'info' : 'warn']({ event: live ? 'revocation_feed_up' : 'revocation_feed_down', issuer }, live ? 'revocation feed caught up' : 'revocation feed down')
+          },
+          onReconnect: () => { metrics.revocationFeedReconnects.inc({ issuer }) },
+          onSize: (n) => { metrics.revocationSetSize.set({ issuer }, n) },
+          // tokens of a revoked key are refused from now on; its cached verifications go, and the
+          // JWKS is read again (the key leaves it)
+          onKeyRevoked: (kid) => {
+            tokens.flush(issuer, [kid])
+            void keys.refresh().catch(() => {})
+          }
+        }
+      })
+      keys.revocations = feed
+    }
   }
 
-  await app.register(authorize)
+
+  await app.register(authorize, { onDenied: (_request, reason) => { metrics.denials.inc({ reason }) } })
   // Declared up front so every request object keeps one shape.
   if (!app.hasRequestDecorator('user')) app.decorateRequest('user', null)
   app.decorateRequest(AUTHENTICATED, false)
@@ -197,9 +243,12 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
     return this.user as VerifiedUser
   })
   app.decorate('jwksAuth', {
-    isReady: () => [...issuers.values()].every((i) => i.loaded),
+    // keys fetched, and every revocation feed caught up once (a verifier that just started knows
+    // what was revoked before it trusts any token)
+    isReady: () => [...issuers.values()].every((i) => i.loaded && (i.revocations === undefined || i.revocations.loaded)),
     refresh: async () => { await Promise.all([...issuers.values()].map((i) => i.refresh())) },
-    verify: async (token: string) => verify(token)
+    verify: async (token: string) => verify(token),
+    status: () => [...issuers.values()].map((i) => i.status(options.now()))
   } satisfies JwksAuthDecorator)
 
   if (options.global) {
@@ -219,11 +268,34 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
   }
 
   app.addHook('onReady', async () => {
-    for (const i of issuers.values()) i.start()
+    for (const i of issuers.values()) {
+      i.start()
+      i.revocations?.start()
+    }
   })
   app.addHook('onClose', async () => {
-    for (const i of issuers.values()) i.stop()
+    for (const i of issuers.values()) {
+      i.stop()
+      i.revocations?.stop()
+    }
   })
+}
+
+/**
+ * The rate-limit plugin's `checkOverBudget` for apps that verify with this plugin: a request from an
+ * IP over its failure budget is verified first. It goes on when its route needs no token
+ * (`config.auth === false`), when its token is valid (the verification is kept: the request is not
+ * verified again), or when it failed as a real holder's token fails (expired, not yet valid, missing,
+ * keys unavailable), so that it gets its usual 401 and the client refreshes. A forged, altered or made-up
+ * token rejects, and the rate limiter answers 429.
+ */
+export async function verifyFirst (request: FastifyRequest): Promise<void> {
+  if (request.routeOptions.config?.auth === false) return
+  try {
+    await request.jwtVerify()
+  } catch (err) {
+    if (isGuessLike(err)) throw err
+  }
 }
 
 export default fp(jwksAuth, { fastify: '5.x', name: 'portcullis-jwks-auth' })

@@ -15,6 +15,18 @@ export interface AuthMetrics {
   keys: Gauge<'issuer'>
   /** Verifications that used keys past their freshness because the issuer was unreachable or answered 5xx. */
   staleServed: Counter<'issuer'>
+  /** 403s of the authorize plugin, by the kind of right that was missing: role | permission | scope. */
+  denials: Counter<'reason'>
+  /** Revocations received from an issuer's feed, by kind (sid, sub, jti, kid). */
+  revocationsReceived: Counter<'issuer' | 'kind'>
+  /** Revocations in force held per issuer (read at scrape time). */
+  revocationSetSize: Gauge<'issuer'>
+  /** 1 while the issuer's revocation feed is connected and caught up, else 0. */
+  revocationFeedUp: Gauge<'issuer'>
+  /** Seconds from a revocation to its arrival here, last event per issuer. */
+  revocationFeedLag: Gauge<'issuer'>
+  /** Revocation feed connections lost or refused (each followed by a reconnect). */
+  revocationFeedReconnects: Counter<'issuer'>
 }
 
 /** Re-uses a metric already registered under the name (a second app context on the same registry). */
@@ -54,6 +66,42 @@ export function authMetrics (registry: Registry): AuthMetrics {
     staleServed: existing(registry, 'portcullis_jwks_stale_served_total') ?? new promClient.Counter({
       name: 'portcullis_jwks_stale_served_total',
       help: 'Verifications done with keys past their freshness while the issuer was unreachable or answering 5xx',
+      labelNames: ['issuer'],
+      registers
+    }),
+    denials: existing(registry, 'portcullis_authorization_denials_total') ?? new promClient.Counter({
+      name: 'portcullis_authorization_denials_total',
+      help: 'Authenticated requests refused with 403, by the kind of right that was missing (role, permission, scope)',
+      labelNames: ['reason'],
+      registers
+    }),
+    revocationsReceived: existing(registry, 'portcullis_revocations_received_total') ?? new promClient.Counter({
+      name: 'portcullis_revocations_received_total',
+      help: 'Revocations received from an issuer\'s feed, by kind (sid: session, sub: user, jti: token, kid: key)',
+      labelNames: ['issuer', 'kind'],
+      registers
+    }),
+    revocationSetSize: existing(registry, 'portcullis_revocation_set_size') ?? new promClient.Gauge({
+      name: 'portcullis_revocation_set_size',
+      help: 'Revocations in force held per issuer (each forgotten once every token it can match has expired)',
+      labelNames: ['issuer'],
+      registers
+    }),
+    revocationFeedUp: existing(registry, 'portcullis_revocation_feed_up') ?? new promClient.Gauge({
+      name: 'portcullis_revocation_feed_up',
+      help: '1 while the issuer\'s revocation feed is connected and caught up, else 0',
+      labelNames: ['issuer'],
+      registers
+    }),
+    revocationFeedLag: existing(registry, 'portcullis_revocation_feed_lag_seconds') ?? new promClient.Gauge({
+      name: 'portcullis_revocation_feed_lag_seconds',
+      help: 'Seconds from the issuer recording a revocation to this process receiving it (the last one)',
+      labelNames: ['issuer'],
+      registers
+    }),
+    revocationFeedReconnects: existing(registry, 'portcullis_revocation_feed_reconnects_total') ?? new promClient.Counter({
+      name: 'portcullis_revocation_feed_reconnects_total',
+      help: 'Revocation feed connections lost or refused, each followed by a reconnect',
       labelNames: ['issuer'],
       registers
     })

@@ -9,8 +9,13 @@ export const DEFAULT_ALGORITHMS: RsaAlgorithm[] = ['RS256']
 export const DEFAULT_CLOCK_TOLERANCE = 60
 /** Seconds a fetched JWKS counts as fresh (`C` in docs/design.md, the longest verifier cache). */
 export const DEFAULT_KEY_CACHE_TTL = 300
-/** Seconds after a kid-miss fetch during which further unknown kids are refused without fetching. */
-export const DEFAULT_KID_MISS_COOLDOWN = 30
+/**
+ * Seconds after a kid-miss fetch during which further unknown kids are refused without fetching.
+ * Short enough that a key switched to without pre-publication (an emergency revoke) verifies
+ * within about 5 s under a random-kid flood; each fetch is one conditional request, answered 304
+ * while the set is unchanged.
+ */
+export const DEFAULT_KID_MISS_COOLDOWN = 2
 /** Seconds between background conditional (ETag) refreshes of every issuer's JWKS. */
 export const DEFAULT_REFRESH_INTERVAL = 30
 /** Seconds past freshness that the last good keys keep verifying while the issuer is down or answers 5xx. */
@@ -20,6 +25,10 @@ export const DEFAULT_FETCH_TIMEOUT = 5
 /** Verified tokens kept in memory (0 disables the cache). */
 /** ~1.2 KB of heap per entry (the token and the verified user): ~6 MB when full. */
 export const DEFAULT_TOKEN_CACHE_MAX = 5_000
+/** Seconds a revocation feed may be lost before `revocationPolicy` applies. */
+export const DEFAULT_REVOCATION_STALE_AFTER = 30
+export const REVOCATION_POLICIES = ['serve', 'refuse'] as const
+export type RevocationPolicy = typeof REVOCATION_POLICIES[number]
 /** Shortest RSA modulus accepted from a JWKS. */
 export const MIN_RSA_BITS = 2048
 /** Longest bearer token accepted, in characters (Node already caps headers at 16 KiB). */
@@ -38,6 +47,12 @@ export interface IssuerOptions {
   audience: string | string[]
   /** Pinned algorithms. @defaultValue ['RS256'] */
   algorithms?: string[]
+  /**
+   * URL of the issuer's revocation feed (Server-Sent Events; Portcullis' auth service serves it at
+   * `<issuer>/auth/revocations`): revoked sessions, users, tokens and keys are refused within about
+   * a second, with no call per request. @defaultValue none: tokens are valid until they expire
+   */
+  revocations?: string
 }
 
 export interface JwksAuthOptions {
@@ -48,7 +63,7 @@ export interface JwksAuthOptions {
   requiredClaims?: string[]
   /** Seconds a fetched JWKS is fresh. @defaultValue 300 */
   keyCacheTtl?: number
-  /** Seconds between kid-miss fetches of one issuer. @defaultValue 30 */
+  /** Seconds between kid-miss fetches of one issuer (lifted when a fetch finds the set changed). @defaultValue 2 */
   kidMissCooldown?: number
   /** Seconds between background conditional refreshes. @defaultValue 30 */
   refreshInterval?: number
@@ -64,6 +79,17 @@ export interface JwksAuthOptions {
   global?: boolean
   /** Clock in epoch milliseconds, for tests. @defaultValue Date.now */
   now?: () => number
+  /**
+   * Seconds an issuer's revocation feed may be lost (its connection down, reconnecting) before
+   * `revocationPolicy` applies. @defaultValue 30
+   */
+  revocationStaleAfter?: number
+  /**
+   * Past `revocationStaleAfter`: `serve` keeps accepting tokens that are otherwise valid (counted
+   * and alerted: portcullis_revocation_feed_up), `refuse` answers 401 for that issuer's tokens
+   * until the feed is back. @defaultValue serve
+   */
+  revocationPolicy?: RevocationPolicy
 }
 
 export interface ResolvedIssuer {
@@ -71,6 +97,7 @@ export interface ResolvedIssuer {
   jwksUri: string
   audiences: string[]
   algorithms: RsaAlgorithm[]
+  revocations: string | undefined
 }
 
 export interface ResolvedOptions {
@@ -86,6 +113,8 @@ export interface ResolvedOptions {
   registry: Registry | undefined
   global: boolean
   now: () => number
+  revocationStaleAfterMs: number
+  revocationPolicy: RevocationPolicy
 }
 
 /** A bad plugin option: the message names the option and what is wrong, and fails the boot. */
@@ -143,7 +172,8 @@ function resolveIssuer (raw: unknown, i: number): ResolvedIssuer {
       throw new AuthOptionsError(`${at}.algorithms`, `${JSON.stringify(alg)} is not supported (use ${SUPPORTED_ALGORITHMS.join(', ')})`)
     }
   }
-  return { issuer, jwksUri: uri.href, audiences: [...audiences], algorithms: [...algorithms] as RsaAlgorithm[] }
+  const revocations = o.revocations === undefined ? undefined : httpUrl(o.revocations, `${at}.revocations`).href
+  return { issuer, jwksUri: uri.href, audiences: [...audiences], algorithms: [...algorithms] as RsaAlgorithm[], revocations }
 }
 
 /** Validates the plugin options once, at registration; every bad option gets one message naming it. */
@@ -173,7 +203,13 @@ export function resolveOptions (opts: JwksAuthOptions): ResolvedOptions {
   }
   const refreshInterval = seconds(opts.refreshInterval, 'refreshInterval', DEFAULT_REFRESH_INTERVAL, 0.01)
   const fetchTimeout = seconds(opts.fetchTimeout, 'fetchTimeout', DEFAULT_FETCH_TIMEOUT, 0.01)
+  const revocationPolicy = opts.revocationPolicy ?? 'serve'
+  if (!(REVOCATION_POLICIES as readonly string[]).includes(revocationPolicy)) {
+    throw new AuthOptionsError('revocationPolicy', `must be one of ${REVOCATION_POLICIES.join(', ')}, got ${JSON.stringify(opts.revocationPolicy)}`)
+  }
   return {
+    revocationStaleAfterMs: seconds(opts.revocationStaleAfter, 'revocationStaleAfter', DEFAULT_REVOCATION_STALE_AFTER) * 1000,
+    revocationPolicy,
     issuers,
     clockToleranceMs: seconds(opts.clockTolerance, 'clockTolerance', DEFAULT_CLOCK_TOLERANCE) * 1000,
     requiredClaims: [...new Set([...ALWAYS_REQUIRED_CLAIMS, ...requiredClaims])],

@@ -36,6 +36,24 @@ export type KeyFreshness = 'fresh' | 'stale' | 'unavailable'
 export type MissOutcome = 'found' | 'not_found' | 'unavailable'
 export type RefreshResult = 'updated' | 'not_modified' | 'failure'
 
+/** One issuer's key set as the verifier holds it. */
+export interface IssuerStatus {
+  issuer: string
+  jwksUri: string
+  /** A full fetch has succeeded at least once. */
+  loaded: boolean
+  /** Epoch ms of the last successful fetch (200 or 304), null before the first. */
+  lastFetchAt: number | null
+  /** Seconds since then, null before the first. */
+  ageSeconds: number | null
+  /** `fresh` within the cache TTL, `stale` while held keys still verify past it, else `unavailable`. */
+  freshness: KeyFreshness
+  /** Why the last fetch failed; null once one succeeds. */
+  lastError: string | null
+  /** Kids of the held key set. */
+  kids: string[]
+}
+
 export interface IssuerKeysDeps {
   options: ResolvedOptions
   metrics: AuthMetrics
@@ -48,16 +66,22 @@ export interface IssuerKeysDeps {
  * The key map of one issuer: the single source of truth for which kids verify. Kept current by a
  * background conditional refresh (ETag); unknown kids trigger one conditional fetch of the set per cooldown.
  */
+import type { RevocationFeed } from './revocation-feed.js'
+
 export class IssuerKeys {
   readonly config: ResolvedIssuer
   keys = new Map<string, KeyEntry>()
+  /** The issuer's revocation feed, when it has one (options `issuers[].revocations`). */
+  revocations: RevocationFeed | undefined
   #deps: IssuerKeysDeps
   #etag: string | undefined
   #lastSuccess = Number.NEGATIVE_INFINITY
   #staleAllowed = true
   #loaded = false
   #failures = 0
+  #lastError: string | null = null
   #cooldownUntil = Number.NEGATIVE_INFINITY
+  #liftedAt = Number.NEGATIVE_INFINITY
   /** Kids that left the set: their tokens are refused without a fetch, so they cannot burn the kid-miss cooldown. */
   #removed = new Map<string, number>()
   #refreshFlight: Promise<RefreshResult> | null = null
@@ -74,6 +98,21 @@ export class IssuerKeys {
   /** True once a full JWKS fetch succeeded. */
   get loaded (): boolean {
     return this.#loaded
+  }
+
+  /** What an operator page shows of this issuer (JwksAuthDecorator.status). */
+  status (now: number): IssuerStatus {
+    const fetched = Number.isFinite(this.#lastSuccess)
+    return {
+      issuer: this.config.issuer,
+      jwksUri: this.config.jwksUri,
+      loaded: this.#loaded,
+      lastFetchAt: fetched ? this.#lastSuccess : null,
+      ageSeconds: fetched ? Math.max(0, (now - this.#lastSuccess) / 1000) : null,
+      freshness: this.freshness(now),
+      lastError: this.#lastError,
+      kids: [...this.keys.keys()]
+    }
   }
 
   /** Whether held keys may verify now: fresh within the cache TTL, then stale (bounded) only after network/5xx failures. */
@@ -158,6 +197,16 @@ export class IssuerKeys {
       log.warn({ event: 'jwks_key_rejected', issuer: this.config.issuer, kid: r.kid, why: r.why }, 'JWKS key refused')
     }
     const removed = [...this.keys].filter(([kid, entry]) => parsed.keys.get(kid) !== entry).map(([kid]) => kid)
+    // A key change lifts the kid-miss cooldown: while keys change, the issuer's replicas may be a poll
+    // apart, and the next unknown kid is likely the next key. Only the issuer can change its set, so a
+    // flood of random kids still costs at most one fetch per cooldown.
+    // (At most once per cooldown, so replicas that disagree for a poll cannot turn it off.)
+    const now = this.#deps.options.now()
+    if (this.#loaded && now - this.#liftedAt >= this.#deps.options.kidMissCooldownMs &&
+      (removed.length > 0 || [...parsed.keys.keys()].some((kid) => !this.keys.has(kid)))) {
+      this.#liftedAt = now
+      this.#cooldownUntil = Number.NEGATIVE_INFINITY
+    }
     this.keys = parsed.keys
     this.#etag = res.headers.get('etag') ?? undefined
     this.#succeeded()
@@ -180,12 +229,14 @@ export class IssuerKeys {
 
   #succeeded (): void {
     this.#lastSuccess = this.#deps.options.now()
+    this.#lastError = null
     this.#staleAllowed = true
     this.#failures = 0
   }
 
   #failed (staleAllowed: boolean, why: string): RefreshResult {
     this.#failures++
+    this.#lastError = why
     if (!staleAllowed) this.#staleAllowed = false
     this.#deps.metrics.refresh.inc({ result: 'failure' })
     this.#deps.log.warn({ event: 'jwks_fetch_failed', issuer: this.config.issuer, trigger: 'refresh', err: why }, 'JWKS refresh failed')

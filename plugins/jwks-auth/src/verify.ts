@@ -4,6 +4,8 @@ import { AuthFailure, type VerifiedUser } from '@portcullis/core'
 import type { RsaAlgorithm, ResolvedOptions } from './options.js'
 import type { KeyEntry } from './keys.js'
 import type { IssuerKeys } from './refresher.js'
+import type { RevocationFeed } from './revocation-feed.js'
+import { tokenRevocationKeys, type TokenRevocationKeys } from './revocations.js'
 
 interface CachedVerification {
   /** The whole token: a hit needs the full string to match, not just the cache key. */
@@ -14,6 +16,8 @@ interface CachedVerification {
   issuer: IssuerKeys
   kid: string
   entry: KeyEntry
+  /** What the token can be revoked by, when its issuer has a revocation feed. */
+  rk: TokenRevocationKeys | undefined
 }
 
 interface DecodedToken {
@@ -153,8 +157,25 @@ export class TokenVerifier {
       this.#cache.delete(k)
       return undefined
     }
+    const feed = c.issuer.revocations
+    if (feed !== undefined) {
+      try {
+        this.#checkRevocation(feed, c.rk!, now)
+      } catch (err) {
+        this.#cache.delete(k)
+        throw err
+      }
+    }
     if (fresh === 'stale') this.#metrics.staleServed.inc({ issuer: c.issuer.config.issuer })
     return c.user
+  }
+
+  /** Throws when the token is revoked, or when the feed is lost past the allowed time and the policy refuses. */
+  #checkRevocation (feed: RevocationFeed, rk: TokenRevocationKeys, now: number): void {
+    if (feed.set.revoked(rk)) throw new AuthFailure('revoked')
+    if (this.#options.revocationPolicy === 'refuse' && !feed.live && feed.downFor(now) > this.#options.revocationStaleAfterMs) {
+      throw new AuthFailure('revocations_unavailable')
+    }
   }
 
   /**
@@ -193,6 +214,8 @@ export class TokenVerifier {
     const fresh = issuer.freshness(now)
     if (fresh === 'unavailable') throw new AuthFailure('jwks_unavailable')
     if (entry.alg !== undefined && entry.alg !== alg) throw new AuthFailure('alg_not_allowed', `key is ${entry.alg}`)
+    // a revoked key verifies nothing, even while it is still in a JWKS held here
+    if (issuer.revocations?.set.kidRevoked(kid) === true) throw new AuthFailure('revoked', 'key revoked')
 
     // Signing input and signature bytes go into one reused buffer (crypto.verify is synchronous, so
     // nothing else can use it meanwhile): no allocation per verification. The input is base64url
@@ -216,8 +239,11 @@ export class TokenVerifier {
     if (!ok) throw new AuthFailure('bad_signature')
 
     const user = this.#checkClaims(t.payload, issuer, now)
+    const feed = issuer.revocations
+    const rk = feed === undefined ? undefined : tokenRevocationKeys(t.payload, kid)
+    if (feed !== undefined) this.#checkRevocation(feed, rk!, now)
     if (fresh === 'stale') this.#metrics.staleServed.inc({ issuer: issuer.config.issuer })
-    this.#remember(token, user, t.payload, issuer, kid, entry)
+    this.#remember(token, user, t.payload, issuer, kid, entry, rk)
     return user
   }
 
@@ -259,7 +285,7 @@ export class TokenVerifier {
     return freezeUser(user)
   }
 
-  #remember (token: string, user: VerifiedUser, payload: Record<string, unknown>, issuer: IssuerKeys, kid: string, entry: KeyEntry): void {
+  #remember (token: string, user: VerifiedUser, payload: Record<string, unknown>, issuer: IssuerKeys, kid: string, entry: KeyEntry, rk: TokenRevocationKeys | undefined): void {
     const max = this.#options.tokenCacheMax
     if (max === 0) return
     const tol = this.#options.clockToleranceMs
@@ -271,6 +297,6 @@ export class TokenVerifier {
       const oldest = this.#cache.keys().next()
       if (oldest.done !== true) this.#cache.delete(oldest.value)
     }
-    this.#cache.set(cacheKey(token), { token, user, validFrom, validUntil: user.exp * 1000 + tol, issuer, kid, entry })
+    this.#cache.set(cacheKey(token), { token, user, validFrom, validUntil: user.exp * 1000 + tol, issuer, kid, entry, rk })
   }
 }

@@ -3,7 +3,10 @@ import createError from '@fastify/error'
 import fp from 'fastify-plugin'
 import { Pool, type Dispatcher } from 'undici'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
-import { REQUEST_ID_HEADER, UpstreamFailedError, UpstreamTimeoutError, UpstreamUnavailableError, requestIdOf as requestIdFrom } from '@portcullis/core'
+import {
+  REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, UpstreamFailedError, UpstreamTimeoutError, UpstreamUnavailableError,
+  formatTraceparent, parseTraceparent, requestIdOf as requestIdFrom, traceContextOf, validTracestate
+} from '@portcullis/core'
 import type { ServiceTokenSource } from './service-token.js'
 
 export { clientCredentialsTokenSource, type ServiceTokenSource, type ClientCredentialsOptions } from './service-token.js'
@@ -21,6 +24,13 @@ export interface PropagationContext {
   /** The caller's `Authorization` header, unchanged (undefined when the request had none). */
   readonly authorization: string | undefined
   readonly requestId: string
+  /**
+   * The W3C `traceparent` calls carry: this service's span of the request when @portcullis/tracing
+   * is registered, else the caller's own header when well-formed (passed through). Undefined: none.
+   */
+  readonly traceparent?: string | undefined
+  /** The caller's `tracestate`, passed on with `traceparent`. */
+  readonly tracestate?: string | undefined
 }
 
 const storage = new AsyncLocalStorage<PropagationContext>()
@@ -71,8 +81,20 @@ function headerNames (headers: Dispatcher.DispatchOptions['headers']): Headers {
 }
 
 /**
- * undici interceptor: adds the current request's `Authorization` and `x-request-id` to every call
- * dispatched inside it. Headers the caller set explicitly win.
+ * The trace context calls made for `req` carry: its span in this service when @portcullis/tracing
+ * gave it one, else the caller's well-formed `traceparent` (and `tracestate`) unchanged.
+ */
+export function traceHeadersOf (req: FastifyRequest): { traceparent: string | undefined, tracestate: string | undefined } {
+  const tc = traceContextOf(req.raw)
+  if (tc !== undefined) return { traceparent: formatTraceparent(tc), tracestate: tc.tracestate }
+  const incoming = req.headers[TRACEPARENT_HEADER]
+  if (parseTraceparent(incoming) === undefined) return { traceparent: undefined, tracestate: undefined }
+  return { traceparent: incoming as string, tracestate: validTracestate(req.headers[TRACESTATE_HEADER]) }
+}
+
+/**
+ * undici interceptor: adds the current request's `Authorization`, `x-request-id` and trace context
+ * (`traceparent`, `tracestate`) to every call dispatched inside it. Headers the caller set explicitly win.
  */
 export function propagationInterceptor (): Dispatcher.DispatcherComposeInterceptor {
   return (dispatch) => (opts, handler) => {
@@ -81,6 +103,10 @@ export function propagationInterceptor (): Dispatcher.DispatcherComposeIntercept
     const headers = headerNames(opts.headers)
     if (headers.authorization === undefined && ctx.authorization !== undefined) headers.authorization = ctx.authorization
     headers[REQUEST_ID_HEADER] ??= ctx.requestId
+    if (ctx.traceparent !== undefined && headers[TRACEPARENT_HEADER] === undefined) {
+      headers[TRACEPARENT_HEADER] = ctx.traceparent
+      if (ctx.tracestate !== undefined) headers[TRACESTATE_HEADER] ??= ctx.tracestate
+    }
     return dispatch({ ...opts, headers }, handler)
   }
 }
@@ -227,8 +253,10 @@ declare module 'fastify' {
 }
 
 /**
- * Keeps each request's `Authorization` and `x-request-id` in an AsyncLocalStorage context for the
- * whole request, so service clients add them to outgoing calls; echoes `x-request-id` on the reply.
+ * Keeps each request's `Authorization`, `x-request-id` and trace context in an AsyncLocalStorage
+ * context for the whole request, so service clients add them to outgoing calls; echoes
+ * `x-request-id` on the reply. Register @portcullis/tracing before it: calls then name this
+ * service's span of the request as their parent.
  */
 const propagation: FastifyPluginAsync<PropagationPluginOptions> = async (app, opts) => {
   if (app.hasDecorator('serviceClient')) return
@@ -251,7 +279,8 @@ const propagation: FastifyPluginAsync<PropagationPluginOptions> = async (app, op
     const requestId = requestIdOf(req)
     reply.header(REQUEST_ID_HEADER, requestId)
     const auth = req.headers.authorization
-    storage.run(Object.freeze({ authorization: auth, requestId }), done)
+    const { traceparent, tracestate } = traceHeadersOf(req)
+    storage.run(Object.freeze({ authorization: auth, requestId, traceparent, tracestate }), done)
   })
   app.addHook('onClose', async () => {
     await Promise.all(clients.map((c) => c.close()))

@@ -13,7 +13,7 @@ export interface ServiceTokenSource {
 }
 
 export interface ClientCredentialsOptions {
-  /** The auth service's token endpoint, e.g. `http://127.0.0.1:3000/oauth/token`. */
+  /** The auth service's token endpoint, e.g. `http://127.0.0.1:3010/oauth/token`. */
   tokenUrl: string
   clientId: string
   clientSecret: string

@@ -1,13 +1,13 @@
 import fp from 'fastify-plugin'
 import createError from '@fastify/error'
-import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler, preHandlerHookHandler, onErrorHookHandler } from 'fastify'
-import { hookList } from '@portcullis/core'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest, onRequestHookHandler, preHandlerHookHandler } from 'fastify'
+import { hookList, isGuessLike } from '@portcullis/core'
 import { promClient, type Registry } from '@portcullis/metrics'
 import { BypassingStore, MemoryStore, RedisStore, windowMs, type RateLimitStore, type RedisClient } from './stores.js'
 import { createRedisClient, DEFAULT_REDIS_COMMAND_TIMEOUT } from './redis.js'
 import { clientKey } from './ip.js'
 
-export { BypassingStore, MemoryStore, RedisStore, windowMs, DEFAULT_STORE_FAILURE_THRESHOLD, DEFAULT_STORE_RETRY_AFTER, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
+export { BypassingStore, MemoryStore, RedisStore, RedisCommandTimeoutError, windowMs, DEFAULT_STORE_FAILURE_THRESHOLD, DEFAULT_STORE_RETRY_AFTER, type RateLimitStore, type Hit, type RedisClient } from './stores.js'
 export { clientKey } from './ip.js'
 export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, type RedisClientSettings, type RedisClientOptions } from './redis.js'
 
@@ -15,9 +15,11 @@ export const DEFAULT_MAX = 100
 export const DEFAULT_TIME_WINDOW = 60_000 // ms
 export const DEFAULT_LOCAL_CACHE = 10_000 // keys kept by the in-memory store (LRU)
 const STORE_WARN_INTERVAL = 10_000 // ms between two "store failed" warnings
-const BLOCKED_MAX = 100_000 // IPs remembered as over budget through 401s
+const BLOCKED_MAX = 100_000 // IPs remembered as over their failure budget
+/** Key prefix of the failure budget in the store (route budgets are named by their routes, which start with `/` or a groupId). */
+const FAILURE_LABEL = '!auth-failures'
 
-export const RateLimitedError = createError('PORTCULLIS_RATE_LIMITED', 'Rate limit exceeded, retry in %s seconds', 429)
+export const RateLimitedError = createError('PORTCULLIS_RATE_LIMITED', 'Rate limit exceeded, retry in %s seconds', 429, Error, false)
 export const RateLimitStoreError = createError('PORTCULLIS_RATE_LIMIT_STORE', 'Rate limiting is unavailable', 503)
 
 export interface RateLimitPluginOptions {
@@ -38,18 +40,33 @@ export interface RateLimitPluginOptions {
   nameSpace?: string
   /** Metrics registry. @defaultValue app.metricsRegistry when the metrics plugin is registered */
   registry?: Registry
-  /** Milliseconds one Redis command may take (a `redis` URL only; a client you pass keeps its own). @defaultValue 50 */
+  /** Milliseconds one hit may wait for Redis, whether the client is the plugin's or yours. @defaultValue 50 */
   redisCommandTimeout?: number
   /** Consecutive store failures after which the store is bypassed (the failClosed policy applies at once). @defaultValue 5 */
   storeFailureThreshold?: number
   /** Milliseconds the store is bypassed before one request tries it again. @defaultValue 5000 */
   storeRetryAfter?: number
+  /**
+   * Failed authentications (401s that look like guessing: `isGuessLike` of `@portcullis/core`, so not
+   * an expired token or a missing one) spend this per-IP budget, separate from the request budgets.
+   * An IP over it is answered 429 on its next requests until the window ends, except those that
+   * `checkOverBudget` lets through. `false`: 401s are not counted.
+   * @defaultValue `{ max: <max>, timeWindow: <timeWindow> }`
+   */
+  failureBudget?: { max?: number, timeWindow?: number } | false
+  /**
+   * Runs, before any other hook, for each request from an IP over its failure budget: resolve to let
+   * the request go on, reject to answer it 429. Give it the verification (see the README): a valid
+   * token, or a route that needs none, goes on, so the users who share an IP with a token guesser keep
+   * working while the guesser gets 429. Unset: every request from that IP gets 429 until the window ends.
+   * @defaultValue undefined
+   */
+  checkOverBudget?: (request: FastifyRequest) => Promise<void>
 }
 
 /** One budget: its keys are `<label>|<identity>`, so every limiter shares one store. */
 interface Limiter { label: string, max: number, timeWindow: number, metricLabel: string }
 
-const kCounted = Symbol('portcullis.rateLimit.counted')
 /** The budget name a route config carries once onRoute gave it a limiter. */
 const kBudget = Symbol('portcullis.rateLimit.budget')
 /** A route's own budget: `config: { rateLimit: RouteRateLimit | false }`. */
@@ -65,7 +82,6 @@ export interface RouteRateLimit {
 }
 
 declare module 'fastify' {
-  interface FastifyRequest { [kCounted]?: boolean }
   interface FastifyContextConfig {
     /**
      * This route's budget, or `false` for none. Absent: the plugin's default budget (`global`).
@@ -85,9 +101,9 @@ function counter (registry: Registry | undefined, name: string, help: string, la
 /**
  * Rate limiting with fixed windows in memory or Redis (stores.ts). Key = the verified token's `sub` when
  * `request.user` is set, else the client IP (IPv6 grouped by /64); the check is a route-level
- * preHandler, so it runs after whichever instance hook authenticates. A request refused with 401
- * before the check is counted against its IP afterwards, and an IP over budget is refused (429)
- * before its next token is even verified: token guessing is rate limited. Headers:
+ * preHandler, so it runs after whichever instance hook authenticates. Failed authentications spend a
+ * separate per-IP failure budget; an IP over it gets 429, except requests `checkOverBudget` lets
+ * through (verify first: valid users behind the guesser's IP go on). Headers:
  * `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` on 429.
  * Per route: `config: { rateLimit: { max, timeWindow (ms), groupId?, label? } | false }`.
  */
@@ -100,7 +116,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
 
   let redis: RedisClient | undefined
   if (typeof opts.redis === 'string') {
-    const own = await createRedisClient(opts.redis, { commandTimeout: opts.redisCommandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT })
+    const own = await createRedisClient(opts.redis)
     redis = own
     app.addHook('onClose', async () => { own.disconnect() })
     await own.connect().catch((err: Error) => {
@@ -111,7 +127,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   }
   const store: RateLimitStore = redis === undefined
     ? new MemoryStore(DEFAULT_LOCAL_CACHE)
-    : new BypassingStore(new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:'), opts.storeFailureThreshold, opts.storeRetryAfter)
+    : new BypassingStore(new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:', { commandTimeout: opts.redisCommandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT }), opts.storeFailureThreshold, opts.storeRetryAfter)
 
   let lastWarn = 0
   const storeFailed = (err: Error): void => {
@@ -122,10 +138,10 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       app.log.warn({ err: err.message, failClosed }, 'rate-limit store failed: requests are %s', failClosed ? 'refused (503)' : 'let through')
     }
   }
-  /** One hit on `limiter` for `request`'s identity; `cb` gets the count or the store error. */
-  const hit = (limiter: Limiter, request: FastifyRequest, cb: (err: Error | null, current: number, ttl: number) => void): void => {
+  /** One hit on `limiter` for `identity`; `cb` gets the count or the store error. */
+  const hit = (limiter: Limiter, identity: string, cb: (err: Error | null, current: number, ttl: number) => void): void => {
     try {
-      store.incr(`${limiter.label}|${identityKey(request)}`, limiter.timeWindow, (err, res) => {
+      store.incr(`${limiter.label}|${identity}`, limiter.timeWindow, (err, res) => {
         if (err !== null || res === undefined) {
           storeFailed(err ?? new Error('no result'))
           cb(err ?? new Error('no result'), 0, 0)
@@ -138,9 +154,6 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       cb(err as Error, 0, 0)
     }
   }
-
-  // Declared up front so every request keeps one shape (a property added per request costs a hidden-class transition).
-  if (!app.hasRequestDecorator(kCounted)) app.decorateRequest(kCounted, false)
 
   const limiters = new Map<string, Limiter>()
   /** The budget named `label`; one label with two different budgets is refused (it would silently keep the first). */
@@ -156,11 +169,22 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     return l
   }
   const globalLimiter = limiterFor('*', opts.max ?? DEFAULT_MAX, windowMs(opts.timeWindow ?? DEFAULT_TIME_WINDOW))
+  const failureLimiter = opts.failureBudget === false
+    ? undefined
+    : limiterFor(FAILURE_LABEL, opts.failureBudget?.max ?? globalLimiter.max, windowMs(opts.failureBudget?.timeWindow ?? globalLimiter.timeWindow))
 
-  // IPs whose budget was used up by 401s, until when (epoch ms). Local to this process: each
-  // replica learns it from the shared counter on the first 401 it sees past the limit.
+  // IPs over their failure budget, until when (epoch ms). Local to this process: each replica learns
+  // it from the shared counter on the first failure it sees past the limit.
   const blocked = new Map<string, number>()
+  const checkOverBudget = opts.checkOverBudget
 
+  const refuse = (request: FastifyRequest, reply: FastifyReply, left: number): Error => {
+    // labelled like the budget's own 429s: the route's budget name (`none` on a route without one)
+    rejections?.inc({ route: (request.routeOptions.config as { [kBudget]?: string } | undefined)?.[kBudget] ?? 'none' })
+    const secs = Math.ceil(left / 1000)
+    reply.header('retry-after', secs)
+    return new RateLimitedError(String(secs))
+  }
   const guard: onRequestHookHandler = function rateLimitGuard (request, reply, done) {
     if (blocked.size === 0) { done(); return }
     const ip = clientKey(request.ip)
@@ -171,17 +195,19 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
       done()
       return
     }
-    // labelled like the budget's own 429s: the route's budget name (`none` on a route without one)
-    rejections?.inc({ route: (request.routeOptions.config as { [kBudget]?: string } | undefined)?.[kBudget] ?? 'none' })
-    const secs = Math.ceil(left / 1000)
-    reply.header('retry-after', secs)
-    done(new RateLimitedError(String(secs)))
+    if (checkOverBudget === undefined) { done(refuse(request, reply, left)); return }
+    let checked: Promise<void>
+    try {
+      checked = checkOverBudget(request)
+    } catch (err) {
+      checked = Promise.reject(err)
+    }
+    checked.then(() => { done() }, () => { done(refuse(request, reply, left)) })
   }
-  app.addHook('onRequest', guard)
+  if (failureLimiter !== undefined) app.addHook('onRequest', guard)
 
   const limitHook = (limiter: Limiter): preHandlerHookHandler => function rateLimitCheck (request, reply, done) {
-    request[kCounted] = true
-    hit(limiter, request, (err, current, ttl) => {
+    hit(limiter, identityKey(request), (err, current, ttl) => {
       if (err !== null) {
         done(failClosed ? new RateLimitStoreError({ cause: err }) : undefined)
         return
@@ -201,17 +227,20 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
   }
 
   // An onError hook: it runs only for requests that end in an error, so the success path pays nothing.
-  const count401 = (limiter: Limiter): onErrorHookHandler => function rateLimitCount401 (request, _reply, error, done) {
-    if ((error as { statusCode?: number }).statusCode !== 401 || request[kCounted] === true) { done(); return }
-    request[kCounted] = true
-    // request.user is unset here: the hit is keyed by the IP. The 401 is not held back for the store.
-    hit(limiter, request, (err, current, ttl) => {
-      if (err === null && current > limiter.max) {
-        if (blocked.size >= BLOCKED_MAX) blocked.delete(blocked.keys().next().value!)
-        blocked.set(clientKey(request.ip), Date.now() + ttl)
-      }
+  // Every guess-like 401 of any route spends the IP's failure budget (request.user is unset on a 401).
+  if (failureLimiter !== undefined) {
+    app.addHook('onError', function rateLimitCountFailure (request, _reply, error, done) {
+      if (!isGuessLike(error)) { done(); return }
+      const ip = clientKey(request.ip)
+      // the 401 is not held back for the store
+      hit(failureLimiter, `ip:${ip}`, (err, current, ttl) => {
+        if (err === null && current > failureLimiter.max) {
+          if (blocked.size >= BLOCKED_MAX) blocked.delete(blocked.keys().next().value!)
+          blocked.set(ip, Date.now() + ttl)
+        }
+      })
+      done()
     })
-    done()
   }
 
   app.addHook('onRoute', (route) => {
@@ -232,7 +261,6 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     // `request.user` whichever hook the auth plugin verifies in; it runs before the route's own
     // preHandlers (authorization appended by other plugins).
     route.preHandler = [limitHook(limiter), ...hookList(route.preHandler)]
-    route.onError = [...hookList(route.onError), count401(limiter)]
     route.config = { ...route.config, [kBudget]: limiter.metricLabel } as typeof route.config
   })
 }
@@ -250,6 +278,19 @@ function validateOptions (opts: RateLimitPluginOptions): void {
     if (v !== undefined && !(Number.isInteger(v) && v >= 1)) {
       throw new Error(`rate-limit plugin: option "${name}" must be an integer >= 1, got ${String(v)}`)
     }
+  }
+  const fb = opts.failureBudget
+  if (fb !== undefined && fb !== false) {
+    if (typeof fb !== 'object' || fb === null) throw new Error('rate-limit plugin: option "failureBudget" must be { max?, timeWindow? } or false')
+    if (fb.max !== undefined && !(Number.isInteger(fb.max) && fb.max >= 0)) {
+      throw new Error(`rate-limit plugin: option "failureBudget.max" must be a non-negative integer, got ${String(fb.max)}`)
+    }
+    if (fb.timeWindow !== undefined && !(Number.isFinite(fb.timeWindow) && fb.timeWindow > 0)) {
+      throw new Error(`rate-limit plugin: option "failureBudget.timeWindow" must be a positive number of ms, got ${String(fb.timeWindow)}`)
+    }
+  }
+  if (opts.checkOverBudget !== undefined && typeof opts.checkOverBudget !== 'function') {
+    throw new Error('rate-limit plugin: option "checkOverBudget" must be a function returning a promise')
   }
   if (typeof opts.redis === 'string' && !/^rediss?:\/\//.test(opts.redis)) {
     throw new Error('rate-limit plugin: option "redis" must be a redis:// or rediss:// URL or an ioredis client')

@@ -4,17 +4,22 @@ import type { RedisClient } from './stores.js'
 export interface RedisClientOptions {
   enableOfflineQueue: boolean
   maxRetriesPerRequest: number
-  commandTimeout: number
+  commandTimeout?: number
   connectTimeout: number
   lazyConnect: boolean
   retryStrategy: (times: number) => number
 }
 
-/** Milliseconds a rate-limit command may take: a slow Redis must not hold requests. */
+/** Milliseconds a rate-limit hit may wait for Redis (kept by RedisStore): a slow Redis must not hold requests. */
 export const DEFAULT_REDIS_COMMAND_TIMEOUT = 50
 
 export interface RedisClientSettings {
-  /** Milliseconds one command may take before it fails. @defaultValue 50 */
+  /**
+   * Milliseconds one command may take before the client fails it. Unset: no client-side timeout. The
+   * rate-limit plugin leaves it unset and has its `RedisStore` keep the time instead (see there: a
+   * client-side timer also fails the commands whose answers arrived during an event-loop stall).
+   * @defaultValue undefined
+   */
   commandTimeout?: number
 }
 
@@ -27,7 +32,7 @@ export function redisClientOptions (settings: RedisClientSettings = {}): RedisCl
   return {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
-    commandTimeout: settings.commandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT,
+    ...(settings.commandTimeout !== undefined ? { commandTimeout: settings.commandTimeout } : {}),
     connectTimeout: 2000,
     lazyConnect: true,
     retryStrategy: (times: number) => Math.min(times * 200, 2000)

@@ -70,14 +70,33 @@ end
 return {current, ttl}
 `
 
-/** Counts shared by every process on one Redis: one script call (EVALSHA) per hit. */
+/** A Redis command that did not answer within the store's `commandTimeout`. */
+export class RedisCommandTimeoutError extends Error {
+  constructor (ms: number) {
+    super(`rate-limit store: Redis did not answer within ${ms} ms`)
+    this.name = 'RedisCommandTimeoutError'
+  }
+}
+
+/**
+ * Counts shared by every process on one Redis: one script call (EVALSHA) per hit.
+ *
+ * With `commandTimeout`, a hit fails after that many milliseconds without an answer. The store keeps
+ * that time itself rather than through the client's own command timeout: when the timer fires, the
+ * verdict waits for the I/O poll that follows (setImmediate), so an answer that reached the socket
+ * while the event loop was busy (a GC pause, a slow request) is read first. A client-side timer
+ * would fail every command in flight during such a stall, and a few of those in a row would bypass
+ * a healthy Redis.
+ */
 export class RedisStore implements RateLimitStore {
   #redis: RedisClient
   #prefix: string
+  #timeout: number | undefined
 
-  constructor (redis: RedisClient, prefix: string) {
+  constructor (redis: RedisClient, prefix: string, opts: { commandTimeout?: number } = {}) {
     this.#redis = redis
     this.#prefix = prefix
+    this.#timeout = opts.commandTimeout
     if (typeof (redis as unknown as { portcullisRateLimit?: unknown }).portcullisRateLimit !== 'function') {
       redis.defineCommand('portcullisRateLimit', { numberOfKeys: 1, lua: INCR_SCRIPT })
     }
@@ -86,9 +105,33 @@ export class RedisStore implements RateLimitStore {
   incr (key: string, timeWindow: number, cb: (err: Error | null, hit?: Hit) => void): void {
     const r = this.#redis as unknown as { portcullisRateLimit: (key: string, ttl: number) => Promise<[number, number]> }
     // PEXPIRE takes whole milliseconds: 1.1h * 1000 is 3960000.0000000005, which Redis refuses
-    r.portcullisRateLimit(this.#prefix + key, windowMs(timeWindow)).then(
-      (res) => { cb(null, { current: Number(res[0]), ttl: Number(res[1]) }) },
-      (err: Error) => { cb(err) }
+    const reply = r.portcullisRateLimit(this.#prefix + key, windowMs(timeWindow))
+    const ms = this.#timeout
+    if (ms === undefined) {
+      reply.then((res) => { cb(null, { current: Number(res[0]), ttl: Number(res[1]) }) }, (err: Error) => { cb(err) })
+      return
+    }
+    let settled = false
+    const timer = setTimeout(() => {
+      setImmediate(() => {
+        if (settled) return
+        settled = true
+        cb(new RedisCommandTimeoutError(ms))
+      })
+    }, ms)
+    reply.then(
+      (res) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        cb(null, { current: Number(res[0]), ttl: Number(res[1]) })
+      },
+      (err: Error) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        cb(err)
+      }
     )
   }
 }
