@@ -5,7 +5,7 @@ import pino from 'pino'
 import { envHelp, type Env } from '../lib/env.js'
 import { processEnvProblems, reportCheck } from '../lib/check.js'
 import { UsageError } from '../lib/errors.js'
-import { loggerOptions } from '../lib/logger.js'
+import { logDestination, loggerOptions } from '../lib/logger.js'
 import { openClientStore } from '../store/clients.js'
 import type { Db, DbOptions } from '../store/db.js'
 import { openDb } from '../store/index.js'
@@ -61,7 +61,7 @@ export async function run (argv: string[]): Promise<number> {
   if (argv.length > 0) throw new UsageError(`auth: unknown argument "${argv[0]}" (see portcullis auth --help)`)
   const env = process.env
   const { logLevel, timings, config, db: dbOpts } = authSettingsFromEnv(env)
-  const log = pino(loggerOptions('auth', logLevel))
+  const log = pino(loggerOptions('auth', logLevel), logDestination())
   const secrets = await loadKeySecrets(env, dbOpts.dataDir, log)
   // the store of a stack running on the same data folder, or a refusal naming both (store/command-store.ts)
   const { opts: storeOpts, adoptedFrom } = commandStoreOptions(env)

@@ -3,7 +3,7 @@ import { envEnum } from '../lib/env.js'
 import { recordRevocation } from './revoke.js'
 import type { Db } from '../store/index.js'
 import { UsageError } from '../lib/errors.js'
-import { loggerOptions } from '../lib/logger.js'
+import { logDestination, loggerOptions } from '../lib/logger.js'
 import { activationTime, pruneTime } from '../store/key-lifecycle.js'
 import { keyTimingsFromEnv } from '../store/key-timings.js'
 import { DEFAULT_KEY_SIZE, KEY_SIZES, openKeyStore, type KeyRecord, type KeySize, type KeyStore } from '../store/keys.js'
@@ -47,7 +47,7 @@ async function withStore<T> (fn: (store: KeyStore, timings: ReturnType<typeof ke
   const keySize = Number(envEnum(env, 'KEY_SIZE', KEY_SIZES.map(String), String(DEFAULT_KEY_SIZE))) as KeySize
   // Human output goes to stdout; log lines (state changes, warnings) to stderr.
   const level = envEnum(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn')
-  const log = pino(loggerOptions('keys', level), pino.destination(2))
+  const log = pino(loggerOptions('keys', level), logDestination(2))
   // A missing SQLite store stops an `existing` command here, before a local secret could be generated.
   const { db, dbOpts } = await openCommandStore(env, { existing })
   try {

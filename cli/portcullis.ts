@@ -7,8 +7,9 @@ import { STOP_WITH_STACK_ENV } from './stack/children.js'
 /**
  * A child of `portcullis start` stops (SIGTERM to itself: the command's own graceful shutdown) when
  * its IPC channel to the stack closes, or when it is no longer the stack's child (its parent pid
- * changed: the stack died, and the channel's close was not seen; a CI run once kept a child up 40 s
- * after the stack's SIGKILL). Nothing happens without the channel (a process run by hand).
+ * changed: the stack died and the channel's close was not seen). Its log lines then have no reader:
+ * lib/logger.ts writes them so that this cannot keep it from exiting. Nothing happens without the
+ * channel (a process run by hand).
  */
 function stopWithStack (): void {
   delete process.env[STOP_WITH_STACK_ENV] // not passed on to anything this process starts

@@ -4,7 +4,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import { envHelp, type Env } from '../lib/env.js'
 import { processEnvProblems, reportCheck } from '../lib/check.js'
-import { loggerOptions } from '../lib/logger.js'
+import { logDestination, loggerOptions } from '../lib/logger.js'
 import { admin } from '@portcullis/metrics'
 import { collectProcessMetrics, promClient } from '@portcullis/metrics'
 import { openCommandStore } from '../store/command-store.js'
@@ -79,7 +79,7 @@ export async function run (argv: string[], deps: RunDeps = {}): Promise<number> 
   const { once, check: checkOnly } = parseArgs(argv)
   if (checkOnly) return check()
   const cfg = rotationConfigFromEnv(process.env)
-  const log = pino(loggerOptions('rotation', cfg.logLevel))
+  const log = pino(loggerOptions('rotation', cfg.logLevel), logDestination())
   const now = deps.now ?? Date.now
   const secrets = await loadKeySecrets(process.env, cfg.db.dataDir, log)
   // the store of a stack running on the same data folder, or a refusal naming both (store/command-store.ts)

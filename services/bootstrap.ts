@@ -6,7 +6,7 @@ import metrics, { admin } from '@portcullis/metrics'
 import propagation, { clientCredentialsTokenSource } from '@portcullis/propagation'
 import tracing from '@portcullis/tracing'
 import { DRAINING_REASON, type DrainState } from '../lib/drain.js'
-import { loggerOptions } from '../lib/logger.js'
+import { logDestination, loggerOptions } from '../lib/logger.js'
 import type { ServiceConfig } from './config.js'
 import { orderService } from './order/server.js'
 import { productService } from './product/server.js'
@@ -28,7 +28,7 @@ export interface BuildOptions {
  */
 export async function buildService (config: ServiceConfig, opts: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: opts.logger ?? loggerOptions(`${config.kind}-service`, config.logLevel),
+    logger: opts.logger ?? { ...loggerOptions(`${config.kind}-service`, config.logLevel), stream: logDestination() },
     // The caller's well-formed request id becomes this service's request id, by the same rule the
     // gateway and the propagation plugin apply: one id across every log and every outgoing call.
     requestIdHeader: false,
