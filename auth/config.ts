@@ -83,7 +83,7 @@ export const AUTH_ENV: EnvTable = [
   ['AUTH_LOGIN_USER_MAX', String(DEFAULT_LOGIN_USER_MAX), 'login attempts per username (known or not) per AUTH_LOGIN_USER_WINDOW, then 429'],
   ['AUTH_LOGIN_USER_WINDOW', durationText(DEFAULT_LOGIN_USER_WINDOW), 'window of AUTH_LOGIN_USER_MAX'],
   ['AUTH_TRUST_PROXY', 'false', '`true`, or a comma list of proxy addresses/CIDRs whose X-Forwarded-For is believed (client IP for the per-IP limit)'],
-  ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process); unreachable at boot stops the boot, later outages answer logins 503'],
+  ['REDIS_URL', 'unset', 'redis:// URL: login counters shared by every auth replica (unset: counted in each process), and revocations published there for verifiers that take them from Redis; unreachable at boot stops the boot, later outages answer logins 503 (revocations are published again once it is back)'],
   ['AUTH_DATABASE_TIMEOUT', durationText(DEFAULT_AUTH_DATABASE_TIMEOUT), 'PostgreSQL (DATABASE_URL) only: longest one statement waits for a pooled or new connection and the answer, together; past it the request answers 503 temporarily_unavailable with Retry-After (database stopped, frozen, or every pooled connection busy). At least 100ms'],
   ['PASSWORD_SCRYPT_N', String(DEFAULT_SCRYPT_PARAMS.N), 'scrypt cost for new password hashes (power of two); stored with each hash, old hashes are upgraded at login'],
   ['PASSWORD_SCRYPT_R', String(DEFAULT_SCRYPT_PARAMS.r), 'scrypt block size for new hashes (128 * N * r bytes per hash, at most 1 GiB)'],

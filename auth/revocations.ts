@@ -1,3 +1,5 @@
+import { formatRevocation, revocationFrom, revocationRedisNames } from '@portcullis/core'
+import type { Redis } from 'ioredis'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { NewRevocation, RevocationEvent, RevocationStore } from '../store/revocations.js'
 
@@ -98,7 +100,7 @@ export class RevocationHub {
 
 /** One feed event: `id` is the sequence number a reconnecting verifier sends back as Last-Event-ID. */
 function sse (e: RevocationEvent): string {
-  return `id: ${e.seq}\nevent: revocation\ndata: {"kind":"${e.kind}","digest":${JSON.stringify(e.digest)},"revokedAt":${e.revokedAt},"expiresAt":${e.expiresAt}}\n\n`
+  return `id: ${e.seq}\nevent: revocation\ndata: ${formatRevocation(e)}\n\n`
 }
 
 /** The position to resume after: `Last-Event-ID` (a reconnect), else `?since=`, else 0 (everything still in force). */
@@ -169,4 +171,106 @@ export function revocationFeedRoute (app: FastifyInstance, hub: RevocationHub): 
     live = true
     res.write(`event: ready\ndata: {"seq":${sent}}\n\n`)
   })
+}
+
+/** How often a relay that could not publish tries again (it also tries on every reconnection). */
+const RELAY_RETRY_MS = 2000
+
+/**
+ * Publishes this issuer's revocations to Redis (REDIS_URL) for verifiers that take them from there
+ * (jwks-auth with a `redis://` source): each batch the hub sees is added to the sorted set of
+ * revocations in force and published on the channel, in one MULTI, and expired ones are trimmed.
+ * On start and after every reconnection it first adds what is in the store but not yet in the set,
+ * so a revocation made while Redis (or this relay) was down reaches them too. Several auth replicas
+ * may relay the same revocations: verifiers apply each once.
+ */
+export class RedisRevocationRelay {
+  readonly #redis: Redis
+  readonly #hub: RevocationHub
+  readonly #names: { channel: string, inForce: string }
+  readonly #onError: (err: unknown) => void
+  readonly #now: () => number
+  /** Every revocation up to this seq is in Redis. */
+  #published = 0
+  #syncing: Promise<void> | undefined
+  #dirty = true
+  #timer: NodeJS.Timeout | undefined
+  #unsubscribe: (() => void) | undefined
+
+  constructor (redis: Redis, hub: RevocationHub, issuer: string, opts: { onError: (err: unknown) => void, now?: () => number }) {
+    this.#redis = redis
+    this.#hub = hub
+    this.#names = revocationRedisNames(issuer)
+    this.#onError = opts.onError
+    this.#now = opts.now ?? Date.now
+  }
+
+  /** Catches Redis up with the store (waits for that when Redis answers), then follows the hub. */
+  async start (): Promise<void> {
+    this.#unsubscribe = this.#hub.subscribe((events) => { void this.#publish(events) })
+    // after a reconnection Redis may have lost what it held (a restart without persistence): what it
+    // holds is looked at again, and everything after that is written
+    this.#redis.on('ready', () => { this.#published = 0; this.#dirty = true; void this.sync() })
+    this.#timer = setInterval(() => { if (this.#dirty) void this.sync() }, RELAY_RETRY_MS)
+    this.#timer.unref()
+    await this.sync()
+  }
+
+  stop (): void {
+    clearInterval(this.#timer)
+    this.#unsubscribe?.()
+  }
+
+  /** Adds to Redis every stored revocation after the last one it is known to hold (one sync at a time). */
+  sync (): Promise<void> {
+    this.#syncing ??= (async () => {
+      try {
+        if (this.#redis.status !== 'ready') return
+        if (this.#published === 0) {
+          // what Redis holds already (another replica, an earlier run): its highest seq
+          const top = await this.#redis.zrevrangebyscore(this.#names.inForce, '+inf', this.#now(), 'LIMIT', 0, 1000)
+          for (const m of top) {
+            const e = revocationFrom(JSON.parse(m))
+            if (e !== undefined && e.seq > this.#published) this.#published = e.seq
+          }
+        }
+        for (;;) {
+          const events = await this.#hub.store.since(this.#published, PAGE)
+          if (events.length > 0) await this.#write(events)
+          if (events.length < PAGE) break
+        }
+        this.#dirty = false
+      } catch (err) {
+        this.#dirty = true
+        this.#onError(err)
+      } finally {
+        this.#syncing = undefined
+      }
+    })()
+    return this.#syncing
+  }
+
+  async #publish (events: readonly RevocationEvent[]): Promise<void> {
+    if (this.#dirty) return // the next sync sends them, in order
+    try {
+      await this.#write(events)
+    } catch (err) {
+      this.#dirty = true
+      this.#onError(err)
+    }
+  }
+
+  async #write (events: readonly RevocationEvent[]): Promise<void> {
+    const members = events.map(formatRevocation)
+    const scored = events.flatMap((e, i) => [e.expiresAt, members[i]!])
+    const results = await this.#redis.multi()
+      .zadd(this.#names.inForce, ...scored)
+      .publish(this.#names.channel, `[${members.join(',')}]`)
+      .zremrangebyscore(this.#names.inForce, '-inf', this.#now())
+      .exec()
+    const failed = results?.find(([err]) => err !== null)?.[0]
+    if (results === null || failed !== undefined) throw failed ?? new Error('Redis MULTI aborted')
+    const last = events[events.length - 1]!.seq
+    if (last > this.#published) this.#published = last
+  }
 }

@@ -1,5 +1,6 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { requestIdOf } from '@portcullis/core'
+import { Redis } from 'ioredis'
 import { MemoryStore, RedisStore, createRedisClient, type RateLimitStore } from '@portcullis/rate-limit'
 import { DrainState, DRAINING_REASON } from '../lib/drain.js'
 import { ConfigError } from '../lib/errors.js'
@@ -10,7 +11,7 @@ import { isStoreUnavailable } from '../store/db-errors.js'
 import type { KeyRecord } from '../store/key-records.js'
 import type { ClientStore } from '../store/clients.js'
 import { openRevocationStore, REVOCATIONS_CHANNEL, type RevocationStore } from '../store/revocations.js'
-import { RevocationHub, revocationFeedRoute } from './revocations.js'
+import { RedisRevocationRelay, RevocationHub, revocationFeedRoute } from './revocations.js'
 import type { RefreshStore } from '../store/refresh.js'
 import type { UserStore } from '../store/users.js'
 import type { AuthConfig } from './config.js'
@@ -150,6 +151,38 @@ async function loginCounterStore (app: FastifyInstance, url: string | undefined)
 }
 
 /**
+ * With REDIS_URL, revocations are also published to Redis for verifiers that take them from there
+ * (RedisRevocationRelay). A connection of its own: the login counters' commands time out at 1 s and
+ * must not queue behind a relay's catch-up.
+ */
+async function relayRevocations (app: FastifyInstance, hub: RevocationHub, url: string, issuer: string): Promise<void> {
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 2000,
+    commandTimeout: 5000,
+    retryStrategy: (times: number) => Math.min(times * 200, 2000)
+  })
+  redis.on('error', () => {})
+  try {
+    await redis.connect()
+  } catch (err) {
+    redis.disconnect()
+    throw new ConfigError('REDIS_URL', `Redis not reachable: ${(err as Error).message}`)
+  }
+  let failing = false
+  const relay = new RedisRevocationRelay(redis, hub, issuer, {
+    onError: (err) => {
+      if (!failing) app.log.warn({ err }, 'revocations: Redis could not be written; trying again')
+      failing = true
+    }
+  })
+  app.addHook('onClose', async () => { relay.stop(); redis.disconnect() })
+  await relay.start()
+}
+
+/**
  * Builds the auth service: the public app (login, refresh, logout, /oauth/token, JWKS, discovery)
  * and its admin app. Reads the key store once before returning (throws when it cannot).
  */
@@ -188,6 +221,7 @@ export async function buildAuthService (opts: AuthServiceOptions): Promise<AuthS
       app.log.warn({ err }, 'revocations: the store could not be read')
     })
     await hub.start(opts.db.listen === undefined ? undefined : (fn) => opts.db.listen!(REVOCATIONS_CHANNEL, fn))
+    if (cfg.redisUrl !== undefined) await relayRevocations(app, hub, cfg.redisUrl, cfg.issuer)
     // a key revoked by the CLI: read the keys again at once rather than at the next poll, so this
     // service stops signing with it within the hub's poll (its tokens are refused everywhere now)
     hub.subscribe((events) => {

@@ -148,7 +148,7 @@ function checkIssuers (issuers: IssuerConfig[], source: string): void {
     if (jwks.pathname.endsWith('/') || jwks.search !== '' || jwks.hash !== '') {
       throw new ConfigError(source, `${at}: the JWKS address must name a document (no trailing slash, query or fragment)`)
     }
-    if (iss.revocations !== undefined && url(iss.revocations) === undefined) throw new ConfigError(source, `issuers/${i}/revocations: not a valid URL`)
+    if (iss.revocations !== undefined && iss.revocations !== 'redis' && url(iss.revocations) === undefined) throw new ConfigError(source, `issuers/${i}/revocations: not a valid URL`)
   })
 }
 

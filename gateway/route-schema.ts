@@ -56,7 +56,7 @@ export const ROUTE_FILE_SCHEMA = {
           jwksUri: { type: 'string', pattern: '^https?://' },
           audience: { anyOf: [{ type: 'string', minLength: 1 }, { ...nonEmptyStrings, minItems: 1 }] },
           algorithms: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: SUPPORTED_ALGORITHMS } },
-          revocations: { type: 'string', pattern: '^https?://' }
+          revocations: { type: 'string', pattern: '^(https?://|redis$)' }
         }
       }
     },

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import metrics, { admin, promClient, type Registry } from '@portcullis/metrics'
 import rateLimit from '@portcullis/rate-limit'
-import jwksAuth, { verifyFirst, type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
+import jwksAuth, { verifyFirst, type IssuerOptions, type JwksAuthPluginOptions } from '@portcullis/jwks-auth'
 import tracing, { type TracingPluginOptions } from '@portcullis/tracing'
 import { leanHistogram, type UnmatchedRecorder } from './hot-histogram.js'
 import { defaultListenerLimits, type ListenerLimits } from './listener.js'
@@ -17,6 +17,7 @@ import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutErro
 import { registerRoutes, releaseProbe } from './routes.js'
 import type { UpstreamPools } from './upstream.js'
 import type { GatewayConfig } from './config.js'
+import { ConfigError } from '../lib/errors.js'
 
 export const DEFAULT_HSTS_MAX_AGE = 31_536_000 // seconds (one year)
 
@@ -193,6 +194,18 @@ export function isAmbiguousPath (url: string): boolean {
 }
 
 /**
+ * `revocations: redis` in the route file: the issuer's revocations come from the gateway's REDIS_URL
+ * (published there by Portcullis' auth service), so the file never holds Redis' password.
+ */
+function issuersWithRedis (issuers: IssuerOptions[], redisUrl: string | undefined): IssuerOptions[] {
+  return issuers.map((i) => {
+    if (i.revocations !== 'redis') return i
+    if (redisUrl === undefined) throw new ConfigError('REDIS_URL', `issuer ${i.issuer} takes its revocations from Redis (revocations: redis) but REDIS_URL is not set`)
+    return { ...i, revocations: redisUrl }
+  })
+}
+
+/**
  * Builds the gateway: the public app (proxy routes from the route file, header hygiene, rate limit,
  * metrics, error mapping, HSTS under TLS) and the admin app. Neither listens: the caller does.
  */
@@ -318,7 +331,7 @@ export async function buildGateway (opts: GatewayOptions): Promise<Gateway> {
   // after the rate limiter: its onRequest guard sees a request from an IP over its failure budget first
   if (withAuth) {
     // the access line below carries `sub`: auth_success at debug keeps it to one line per request
-    await app.register(jwksAuth, { successLogLevel: 'debug', ...opts.auth, issuers: config.issuers, global: true })
+    await app.register(jwksAuth, { successLogLevel: 'debug', ...opts.auth, issuers: issuersWithRedis(config.issuers, opts.redisUrl), global: true })
   }
 
   const pools = await registerRoutes(app, config, { now: opts.now, pools: opts.pools })

@@ -133,7 +133,7 @@ export const ROUTE_KEYS: Record<string, { def?: string, meaning?: string }> = {
   issuers: { def: 'required when a route has `auth`', meaning: 'the token issuers accepted' },
   'issuers[].issuer': { meaning: 'the exact `iss` accepted (the allowlist); keys are fetched only from this issuer\'s JWKS' },
   'issuers[].jwksUri': { def: code('<issuer>/.well-known/jwks.json'), meaning: 'where the issuer\'s keys are; never taken from a token' },
-  'issuers[].revocations': { def: 'unset', meaning: 'the issuer\'s revocation feed (Portcullis\' auth service: `<issuer>/auth/revocations`; `portcullis start` sets it): revoked sessions, users, tokens and keys refused within about a second; unset: tokens are valid until they expire' },
+  'issuers[].revocations': { def: 'unset', meaning: 'where the issuer\'s revocations come from: its revocation feed (Portcullis\' auth service: `<issuer>/auth/revocations`; `portcullis start` sets it), or `redis`: the gateway\'s REDIS_URL, where the auth service publishes them when it has the same REDIS_URL; revoked sessions, users, tokens and keys refused within about a second; unset: tokens are valid until they expire' },
   'issuers[].audience': { meaning: 'the token\'s `aud` must contain one of them exactly' },
   'issuers[].algorithms': { def: code(JSON.stringify(DEFAULT_ALGORITHMS)), meaning: 'the pinned signature algorithms' },
   trustProxy: { def: '`false`', meaning: 'who may set `X-Forwarded-*`: `false` (nobody: they are rewritten from the socket), `true` (every hop: only behind a proxy you control), a hop count, or addresses/CIDRs' },

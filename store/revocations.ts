@@ -1,4 +1,4 @@
-import { revocationDigest, type RevocationKind } from '@portcullis/core'
+import { revocationDigest, type RevocationKind, type RevocationMessage } from '@portcullis/core'
 import type { Db } from './db.js'
 import { migrate, type Component } from './migrate.js'
 
@@ -10,21 +10,12 @@ const REVOCATIONS_LOCK = 'portcullis_revocations'
 export const REVOCATIONS_CHANNEL = 'portcullis_revocations'
 
 /**
- * One revocation as verifiers receive it. Sessions, users and tokens travel as digests (`digest`:
- * revocationDigest of the kind and the value): the feed is public like the JWKS, and names no user
- * or session. Keys travel as their kid (public in the JWKS anyway).
+ * One revocation as verifiers receive it (@portcullis/core's RevocationMessage). Sessions, users and
+ * tokens travel as digests (revocationDigest of the kind and the value): the feed is public like the
+ * JWKS, and names no user or session. Keys travel as their kid (public in the JWKS anyway). `seq` is
+ * the position in the store's sequence: the feed's event id, a verifier resumes after it.
  */
-export interface RevocationEvent {
-  /** Position in the store's sequence: the feed's event id, a verifier resumes after it. */
-  seq: number
-  kind: RevocationKind
-  /** revocationDigest(kind, value); for `kid`, the kid itself. */
-  digest: string
-  /** Epoch ms of the revocation; a `sub` revocation refuses tokens issued (`iat`) at or before it. */
-  revokedAt: number
-  /** Epoch ms after which no token it can match is valid: verifiers forget it then. */
-  expiresAt: number
-}
+export type RevocationEvent = RevocationMessage
 
 /** The table and its index; only the sequence column's type differs between the two dialects. */
 function revocationsTable (seq: string): string[] {

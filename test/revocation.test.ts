@@ -11,21 +11,38 @@ import { authFixture, type AuthFixture } from './helpers/auth-fixture.js'
 import { testBackends, type TestBackend } from './helpers/backends.js'
 import { freePorts } from './helpers/ports.js'
 import { REPO_ROOT } from './helpers/stack.js'
+import { redisSkip, TEST_REDIS_URL } from './helpers/redis.js'
+import { haveRedisServer, startPrivateRedis } from '../drills/lib/private-redis.js'
+import { Redis } from 'ioredis'
+import { parseGatewayConfig } from '../gateway/config.js'
+import { buildGateway } from '../gateway/server.js'
+import { revocationRedisNames } from '@portcullis/core'
 
 // Revocation pushed to every verifier: the auth service records it and serves it on its feed
 // (GET /auth/revocations, Server-Sent Events); jwks-auth follows the feed and refuses the tokens it
 // names, cached ones included, within about a second, with no call per request.
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Removes what an issuer's relay left in the shared Redis. */
+async function dropRedisKeys (issuer: string): Promise<void> {
+  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0 })
+  try {
+    await redis.connect()
+    await redis.del(revocationRedisNames(issuer).inForce)
+  } finally {
+    redis.disconnect()
+  }
+}
 const BIN = join(REPO_ROOT, 'bin', 'portcullis.js')
 
 interface Verifier { app: FastifyInstance, url: string, registry: promClient.Registry }
 
-async function verifier (issuer: string, audience: string, extra: Partial<JwksAuthPluginOptions> = {}): Promise<Verifier> {
+async function verifier (issuer: string, audience: string, extra: Partial<JwksAuthPluginOptions> = {}, revocations = `${issuer}/auth/revocations`): Promise<Verifier> {
   const registry = new promClient.Registry()
   const app = Fastify({ logger: false })
   await app.register(jwksAuth, {
-    issuers: [{ issuer, audience, revocations: `${issuer}/auth/revocations` }],
+    issuers: [{ issuer, audience, revocations }],
     registry,
     ...extra
   })
@@ -72,22 +89,41 @@ async function login (base: string, username: string, password: string): Promise
 
 const claims = (jwt: string): Record<string, unknown> => JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString('utf8')) as Record<string, unknown>
 
-async function listeningAuth (backend: TestBackend, port: number, secrets?: string[]): Promise<AuthFixture> {
-  const f = await authFixture(backend, { env: { AUTH_ISSUER: `http://127.0.0.1:${port}` }, ...(secrets !== undefined ? { secrets, activeKey: false } : {}) })
+async function listeningAuth (backend: TestBackend, port: number, secrets?: string[], env: Record<string, string> = {}): Promise<AuthFixture> {
+  const f = await authFixture(backend, { env: { AUTH_ISSUER: `http://127.0.0.1:${port}`, ...env }, ...(secrets !== undefined ? { secrets, activeKey: false } : {}) })
   await f.service.app.listen({ port, host: '127.0.0.1' })
   return f
 }
 
-for (const backend of await testBackends()) {
-  t.test(`${backend.name}: logout, RFC 7009, user, session, reuse and key revocations reach two verifiers within 1 s; others keep 200`, { skip: backend.skip }, async (t) => {
+/** This test stops a Redis on purpose: its own redis-server, never the shared one. */
+function redisServerSkip (): string | false {
+  if (haveRedisServer()) return false
+  if (process.env.CI === 'true') throw new Error('redis-server is required when CI=true')
+  return 'redis-server binary not installed (required only when CI=true)'
+}
+
+/** With REDIS_URL the login counters live in the shared Redis, across runs: budgets no run reaches. */
+const SHARED_LOGIN_COUNTS = { AUTH_LOGIN_USER_MAX: '100000', AUTH_LOGIN_IP_MAX: '100000' }
+
+// Each store with the auth service's feed, and with Redis pub/sub (the auth service with REDIS_URL
+// publishes; the verifiers subscribe with a redis:// source).
+const redisSkipReason = await redisSkip()
+const transports = (await testBackends()).flatMap((backend) => [
+  { backend, transport: 'feed' as const, skip: backend.skip },
+  { backend, transport: 'redis' as const, skip: backend.skip !== false ? backend.skip : redisSkipReason }
+])
+for (const { backend, transport, skip } of transports) {
+  t.test(`${backend.name}, ${transport}: logout, RFC 7009, user, session, reuse and key revocations reach two verifiers within 1 s; others keep 200`, { skip }, async (t) => {
     const b = await backend.open()
     const [port] = await freePorts(1) as [number]
-    const f = await listeningAuth(b, port)
+    const f = await listeningAuth(b, port, undefined, transport === 'redis' ? { REDIS_URL: TEST_REDIS_URL, ...SHARED_LOGIN_COUNTS } : {})
     t.teardown(async () => { await f.service.close(); await b.cleanup() })
     const issuer = f.config.issuer
     const base = issuer
+    const source = transport === 'redis' ? TEST_REDIS_URL : `${issuer}/auth/revocations`
+    if (transport === 'redis') t.teardown(() => dropRedisKeys(issuer))
     for (const name of ['alice', 'bob', 'carol']) await f.users.add({ username: name, password: `${name}-password-1` })
-    const vs = await Promise.all([verifier(issuer, f.config.audience), verifier(issuer, f.config.audience)])
+    const vs = await Promise.all([verifier(issuer, f.config.audience, {}, source), verifier(issuer, f.config.audience, {}, source)])
     t.teardown(async () => { for (const v of vs) await v.app.close() })
     for (const v of vs) await waitReady(v)
     t.pass('both verifiers ready: keys fetched and the revocation feed caught up')
@@ -144,7 +180,7 @@ for (const backend of await testBackends()) {
     t.ok(took.reuse <= 1000, `reuse detection: the session's newest access token refused in ${took.reuse} ms`)
 
     // a verifier started after all this refuses the revoked tokens from its first request
-    const late = await verifier(issuer, f.config.audience)
+    const late = await verifier(issuer, f.config.audience, {}, source)
     t.teardown(() => late.app.close())
     t.notOk(late.app.jwksAuth.isReady(), 'not ready before the feed is caught up')
     await waitReady(late)
@@ -210,6 +246,53 @@ t.test('feed outage: refuse policy answers 401 past the allowed time; on reconne
   t.match(await serve.registry.metrics(), /portcullis_revocation_feed_reconnects_total\{issuer="[^"]+"\} [1-9]/, 'reconnects counted')
 })
 
+t.test('Redis outage: refuse policy answers 401 past the allowed time; once Redis is back (empty) the verifiers catch up on what was revoked meanwhile', { skip: redisServerSkip() }, async (t) => {
+  const redis = await startPrivateRedis()
+  t.teardown(redis.close)
+  const [backend] = await testBackends()
+  const b = await backend!.open()
+  const [port] = await freePorts(1) as [number]
+  const f = await listeningAuth(b, port, undefined, { REDIS_URL: redis.url })
+  t.teardown(async () => { await f.service.close(); await b.cleanup() })
+  const issuer = f.config.issuer
+  await f.users.add({ username: 'gus', password: 'gus-password-1' })
+  await f.users.add({ username: 'hal', password: 'hal-password-1' })
+  const gus = await login(issuer, 'gus', 'gus-password-1')
+  const hal = await login(issuer, 'hal', 'hal-password-1')
+  await f.users.add({ username: 'ivy', password: 'ivy-password-1' })
+  const ivy = await login(issuer, 'ivy', 'ivy-password-1')
+  const opts = { revocationStaleAfter: 0.5, keyCacheTtl: 3600 }
+  const refuse = await verifier(issuer, f.config.audience, { ...opts, revocationPolicy: 'refuse' }, redis.url)
+  const serve = await verifier(issuer, f.config.audience, opts, redis.url)
+  t.teardown(async () => { await refuse.app.close(); await serve.app.close() })
+  await waitReady(refuse)
+  await waitReady(serve)
+  t.equal(await status(refuse, gus.access), 200)
+  await fetch(`${issuer}/auth/logout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: ivy.refresh }) })
+  t.ok(await refusedWithin([refuse, serve], ivy.access) <= 1000, 'a logout before the outage: refused by both')
+
+  await redis.kill() // every connection drops, and everything Redis held is gone
+  await sleep(800)
+  t.equal(await status(refuse, gus.access), 401, 'refuse: 401 once Redis has been lost for longer than revocationStaleAfter')
+  t.equal(await status(serve, gus.access), 200, 'serve: still 200')
+  t.match(await serve.registry.metrics(), /portcullis_revocation_feed_up\{issuer="[^"]+"\} 0/, 'the source counted as down')
+
+  // logged out while Redis is down: recorded in the store, published once Redis is back
+  const out = await fetch(`${issuer}/auth/logout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: gus.refresh }) })
+  t.equal(out.status, 204, 'logout answers while Redis is down')
+  await redis.start() // empty: no persistence
+  const took = await refusedWithin([refuse, serve], gus.access, 10_000)
+  t.ok(took < 10_000, `after Redis is back, the session logged out meanwhile is refused by both (${took} ms)`)
+  t.equal(await status(refuse, hal.access), 200, 'refuse: other tokens are accepted again')
+  t.match(await serve.registry.metrics(), /portcullis_revocation_feed_reconnects_total\{issuer="[^"]+"\} [1-9]/, 'reconnects counted')
+  const late = await verifier(issuer, f.config.audience, {}, redis.url)
+  t.teardown(() => late.app.close())
+  await waitReady(late)
+  t.equal(await status(late, gus.access), 401, 'a verifier started afterwards has it from the restarted Redis at its first request')
+  t.equal(await status(late, ivy.access), 401, 'and what was revoked before the outage (the restarted Redis was filled again from the store)')
+  t.equal(await status(late, hal.access), 200)
+})
+
 t.test('the revocation set: O(1) checks, 100,000 revoked sessions held and forgotten once expired', async (t) => {
   const set = new RevocationSet()
   const now = Date.now()
@@ -249,4 +332,15 @@ t.test('the feed refuses a malformed resume position and ends open streams when 
   }
   await closed
   t.ok(ended, 'the stream ends when the service closes (the close does not wait for it)')
+})
+
+t.test('the gateway: `revocations: redis` takes them from its REDIS_URL, and without REDIS_URL stops the boot naming it', async (t) => {
+  const config = parseGatewayConfig({
+    issuers: [{ issuer: 'http://127.0.0.1:9', audience: 'portcullis', revocations: 'redis' }],
+    rateLimit: false,
+    routes: [{ prefix: '/api', upstream: 'http://127.0.0.1:9' }]
+  }, 'routes.yaml')
+  await t.rejects(buildGateway({ config, logger: false }), /REDIS_URL.*revocations: redis|revocations: redis.*REDIS_URL/, 'no REDIS_URL: the boot stops with the setting named')
+  t.throws(() => parseGatewayConfig({ issuers: [{ issuer: 'http://127.0.0.1:9', audience: 'a', revocations: 'redis://secret@127.0.0.1' }], routes: [] }, 'routes.yaml'),
+    /revocations/, 'a Redis URL (and its password) has no place in the route file: `redis` names the gateway\'s REDIS_URL')
 })

@@ -16,4 +16,4 @@ export {
   parseTraceparent, formatTraceparent, validTracestate, newTraceId, newSpanId, traceContextOf,
   type TraceContext, type Traceparent
 } from './trace-context.js'
-export { REVOCATION_KINDS, revocationDigest, type RevocationKind } from './revocation.js'
+export { REVOCATION_KINDS, formatRevocation, revocationDigest, revocationFrom, revocationRedisNames, type RevocationKind, type RevocationMessage } from './revocation.js'

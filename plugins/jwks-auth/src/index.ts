@@ -7,7 +7,8 @@ import { hotCounter, promClient, type Registry } from '@portcullis/metrics'
 import { authMetrics } from './metrics.js'
 import { AuthOptionsError, MAX_TOKEN_LENGTH, resolveOptions, type JwksAuthOptions } from './options.js'
 import { IssuerKeys, type IssuerStatus } from './refresher.js'
-import { RevocationFeed } from './revocation-feed.js'
+import { RevocationFeed, type RevocationFeedHooks } from './revocation-feed.js'
+import { RedisRevocationFeed } from './revocation-redis.js'
 export type { IssuerStatus, KeyFreshness } from './refresher.js'
 import { TokenVerifier } from './verify.js'
 
@@ -134,30 +135,29 @@ const jwksAuth: FastifyPluginAsync<JwksAuthPluginOptions> = async (app, rawOpts)
       metrics.revocationFeedReconnects.inc({ issuer }, 0)
       metrics.revocationFeedLag.set({ issuer }, 0)
       metrics.revocationSetSize.set({ issuer }, 0)
-      const feed = new RevocationFeed(config.revocations, {
-        now: options.now,
-        log: app.log,
-        hooks: {
-          onEvents: (events, at) => {
-            for (const e of events) metrics.revocationsReceived.inc({ issuer, kind: e.kind })
-            const last = events[events.length - 1]
-            if (last !== undefined) metrics.revocationFeedLag.set({ issuer }, Math.max(0, (at - last.revokedAt) / 1000))
-          },
-          onState: (live) => {
-            up.set(live ? 1 : 0)
-            app.log[live ? 'info' : 'warn']({ event: live ? 'revocation_feed_up' : 'revocation_feed_down', issuer }, live ? 'revocation feed caught up' : 'revocation feed down')
-          },
-          onReconnect: () => { metrics.revocationFeedReconnects.inc({ issuer }) },
-          onSize: (n) => { metrics.revocationSetSize.set({ issuer }, n) },
-          // tokens of a revoked key are refused from now on; its cached verifications go, and the
-          // JWKS is read again (the key leaves it)
-          onKeyRevoked: (kid) => {
-            tokens.flush(issuer, [kid])
-            void keys.refresh().catch(() => {})
-          }
+      const hooks: RevocationFeedHooks = {
+        onEvents: (events, at) => {
+          for (const e of events) metrics.revocationsReceived.inc({ issuer, kind: e.kind })
+          const last = events[events.length - 1]
+          if (last !== undefined) metrics.revocationFeedLag.set({ issuer }, Math.max(0, (at - last.revokedAt) / 1000))
+        },
+        onState: (live) => {
+          up.set(live ? 1 : 0)
+          app.log[live ? 'info' : 'warn']({ event: live ? 'revocation_feed_up' : 'revocation_feed_down', issuer }, live ? 'revocation feed caught up' : 'revocation feed down')
+        },
+        onReconnect: () => { metrics.revocationFeedReconnects.inc({ issuer }) },
+        onSize: (n) => { metrics.revocationSetSize.set({ issuer }, n) },
+        // tokens of a revoked key are refused from now on; its cached verifications go, and the
+        // JWKS is read again (the key leaves it)
+        onKeyRevoked: (kid) => {
+          tokens.flush(issuer, [kid])
+          void keys.refresh().catch(() => {})
         }
-      })
-      keys.revocations = feed
+      }
+      const source = { now: options.now, log: app.log, hooks }
+      keys.revocations = /^rediss?:/.test(config.revocations)
+        ? new RedisRevocationFeed(config.revocations, issuer, source)
+        : new RevocationFeed(config.revocations, source)
     }
   }
 

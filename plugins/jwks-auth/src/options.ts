@@ -48,9 +48,11 @@ export interface IssuerOptions {
   /** Pinned algorithms. @defaultValue ['RS256'] */
   algorithms?: string[]
   /**
-   * URL of the issuer's revocation feed (Server-Sent Events; Portcullis' auth service serves it at
-   * `<issuer>/auth/revocations`): revoked sessions, users, tokens and keys are refused within about
-   * a second, with no call per request. @defaultValue none: tokens are valid until they expire
+   * Where the issuer's revocations come from: revoked sessions, users, tokens and keys are refused
+   * within about a second, with no call per request. An `http(s)://` URL is its revocation feed
+   * (Server-Sent Events; Portcullis' auth service serves it at `<issuer>/auth/revocations`); a
+   * `redis(s)://` URL is the Redis the issuer publishes them to (Portcullis' auth service with
+   * REDIS_URL set; needs the ioredis package). @defaultValue none: tokens are valid until they expire
    */
   revocations?: string
 }
@@ -134,6 +136,21 @@ function seconds (value: unknown, name: string, fallback: number, min = 0): numb
   return value
 }
 
+/** The issuer's revocation feed (http, https) or its Redis (redis, rediss; the password never appears in a message). */
+function revocationsUrl (value: unknown, name: string): string {
+  if (typeof value === 'string' && /^rediss?:\/\//i.test(value)) {
+    try {
+      return new URL(value).href
+    } catch {
+      throw new AuthOptionsError(name, 'is not a valid redis:// URL')
+    }
+  }
+  if (typeof value === 'string' && !/^https?:\/\//i.test(value) && /^[a-z][a-z0-9+.-]*:/i.test(value)) {
+    throw new AuthOptionsError(name, `must be an http(s) URL (a revocation feed) or a redis(s) URL, got ${value.slice(0, value.indexOf(':') + 1)}`)
+  }
+  return httpUrl(value, name).href
+}
+
 function httpUrl (value: unknown, name: string): URL {
   if (typeof value !== 'string' || value === '') throw new AuthOptionsError(name, 'must be a non-empty string')
   let url: URL
@@ -172,7 +189,7 @@ function resolveIssuer (raw: unknown, i: number): ResolvedIssuer {
       throw new AuthOptionsError(`${at}.algorithms`, `${JSON.stringify(alg)} is not supported (use ${SUPPORTED_ALGORITHMS.join(', ')})`)
     }
   }
-  const revocations = o.revocations === undefined ? undefined : httpUrl(o.revocations, `${at}.revocations`).href
+  const revocations = o.revocations === undefined ? undefined : revocationsUrl(o.revocations, `${at}.revocations`)
   return { issuer, jwksUri: uri.href, audiences: [...audiences], algorithms: [...algorithms] as RsaAlgorithm[], revocations }
 }
 

@@ -66,13 +66,13 @@ export interface IssuerKeysDeps {
  * The key map of one issuer: the single source of truth for which kids verify. Kept current by a
  * background conditional refresh (ETag); unknown kids trigger one conditional fetch of the set per cooldown.
  */
-import type { RevocationFeed } from './revocation-feed.js'
+import type { RevocationSource } from './revocation-feed.js'
 
 export class IssuerKeys {
   readonly config: ResolvedIssuer
   keys = new Map<string, KeyEntry>()
   /** The issuer's revocation feed, when it has one (options `issuers[].revocations`). */
-  revocations: RevocationFeed | undefined
+  revocations: RevocationSource | undefined
   #deps: IssuerKeysDeps
   #etag: string | undefined
   #lastSuccess = Number.NEGATIVE_INFINITY

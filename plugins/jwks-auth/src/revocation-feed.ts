@@ -1,6 +1,6 @@
-import { REVOCATION_KINDS, type RevocationKind } from '@portcullis/core'
+import { revocationFrom, type RevocationMessage } from '@portcullis/core'
 import type { FastifyBaseLogger } from 'fastify'
-import { RevocationSet, type RevocationFeedEvent } from './revocations.js'
+import { RevocationSet } from './revocations.js'
 
 /** First reconnect delay; doubles up to RECONNECT_MAX_MS. */
 const RECONNECT_MIN_MS = 250
@@ -12,8 +12,8 @@ const PRUNE_MS = 10_000
 
 export interface RevocationFeedHooks {
   /** A batch of events was applied (counts, lag). */
-  onEvents?: (events: readonly RevocationFeedEvent[], receivedAt: number) => void
-  /** The feed came up (caught up) or went down. */
+  onEvents?: (events: readonly RevocationMessage[], receivedAt: number) => void
+  /** The source came up (caught up) or went down. */
   onState?: (live: boolean) => void
   /** A connection attempt failed or a live one was lost. */
   onReconnect?: () => void
@@ -24,32 +24,29 @@ export interface RevocationFeedHooks {
 }
 
 /**
- * Follows one issuer's revocation feed (Server-Sent Events, `event: revocation` with `id` = its
- * sequence number, `event: ready` once caught up): the set is filled from the start, kept current,
- * and after a lost connection resumed from the last id seen (`Last-Event-ID`), so nothing is missed.
+ * One issuer's revocations as a verifier holds them, whatever brings them (the issuer's feed, Redis):
+ * the set, whether it was loaded once (a verifier is ready only then), whether it is live now and
+ * since when not, and the forgetting of expired entries. A transport extends it.
  */
-export class RevocationFeed {
+export abstract class RevocationSource {
   readonly set = new RevocationSet()
-  readonly url: string
+  /** Where the revocations come from (a URL without credentials), for logs. */
+  abstract readonly url: string
   #lastId = 0
   #caughtUp = false
   #live = false
-  /** Epoch ms since which the feed is not live (its start, or the loss); undefined while live. */
+  /** Epoch ms since which the source is not live (its start, or the loss); undefined while live. */
   #downSince: number | undefined
   #stopped = false
-  #abort: AbortController | undefined
-  #retry: NodeJS.Timeout | undefined
   #prune: NodeJS.Timeout | undefined
-  #delay = RECONNECT_MIN_MS
-  readonly #now: () => number
-  readonly #log: FastifyBaseLogger
-  readonly #hooks: RevocationFeedHooks
+  protected readonly now: () => number
+  protected readonly log: FastifyBaseLogger
+  protected readonly hooks: RevocationFeedHooks
 
-  constructor (url: string, opts: { now: () => number, log: FastifyBaseLogger, hooks?: RevocationFeedHooks }) {
-    this.url = url
-    this.#now = opts.now
-    this.#log = opts.log
-    this.#hooks = opts.hooks ?? {}
+  constructor (opts: { now: () => number, log: FastifyBaseLogger, hooks?: RevocationFeedHooks }) {
+    this.now = opts.now
+    this.log = opts.log
+    this.hooks = opts.hooks ?? {}
     this.#downSince = opts.now()
   }
 
@@ -62,11 +59,16 @@ export class RevocationFeed {
     return this.#live
   }
 
-  /** Ms the feed has not been live (0 while it is). */
+  get stopped (): boolean {
+    return this.#stopped
+  }
+
+  /** Ms the source has not been live (0 while it is). */
   downFor (now: number): number {
     return this.#downSince === undefined ? 0 : now - this.#downSince
   }
 
+  /** The highest sequence number received. */
   get lastId (): number {
     return this.#lastId
   }
@@ -74,31 +76,81 @@ export class RevocationFeed {
   start (): void {
     if (this.#stopped) return
     this.#prune = setInterval(() => {
-      if (this.set.prune(this.#now()) > 0) this.#hooks.onSize?.(this.set.size)
+      if (this.set.prune(this.now()) > 0) this.hooks.onSize?.(this.set.size)
     }, PRUNE_MS)
     this.#prune.unref()
-    void this.#connect()
+    this.connect()
   }
 
   stop (): void {
     this.#stopped = true
-    clearTimeout(this.#retry)
     clearInterval(this.#prune)
-    this.#abort?.abort()
+    this.disconnect()
   }
 
-  #setLive (live: boolean): void {
+  /** Starts receiving (called once by start). */
+  protected abstract connect (): void
+  /** Stops receiving for good. */
+  protected abstract disconnect (): void
+
+  /** Every revocation in force was received: live from now on. */
+  protected caughtUp (): void {
+    this.#caughtUp = true
+    this.setLive(true)
+  }
+
+  protected setLive (live: boolean): void {
     if (live === this.#live) return
     this.#live = live
     if (live) this.#downSince = undefined
-    else this.#downSince = this.#now()
-    this.#hooks.onState?.(live)
+    else this.#downSince = this.now()
+    this.hooks.onState?.(live)
+  }
+
+  /** Applies revocations (adding one twice changes nothing). */
+  protected apply (events: readonly RevocationMessage[]): void {
+    if (events.length === 0) return
+    const now = this.now()
+    let grew = false
+    for (const e of events) {
+      if (e.seq > this.#lastId) this.#lastId = e.seq
+      if (e.expiresAt > now) { this.set.add(e); grew = true }
+    }
+    if (grew) this.hooks.onSize?.(this.set.size)
+    this.hooks.onEvents?.(events, now)
+    for (const e of events) if (e.kind === 'kid') this.hooks.onKeyRevoked?.(e.digest)
+  }
+}
+
+/**
+ * Follows one issuer's revocation feed (Server-Sent Events, `event: revocation` with `id` = its
+ * sequence number, `event: ready` once caught up): the set is filled from the start, kept current,
+ * and after a lost connection resumed from the last id seen (`Last-Event-ID`), so nothing is missed.
+ */
+export class RevocationFeed extends RevocationSource {
+  readonly url: string
+  #abort: AbortController | undefined
+  #retry: NodeJS.Timeout | undefined
+  #delay = RECONNECT_MIN_MS
+
+  constructor (url: string, opts: { now: () => number, log: FastifyBaseLogger, hooks?: RevocationFeedHooks }) {
+    super(opts)
+    this.url = url
+  }
+
+  protected connect (): void {
+    void this.#connect()
+  }
+
+  protected disconnect (): void {
+    clearTimeout(this.#retry)
+    this.#abort?.abort()
   }
 
   #scheduleReconnect (): void {
-    if (this.#stopped) return
-    this.#setLive(false)
-    this.#hooks.onReconnect?.()
+    if (this.stopped) return
+    this.setLive(false)
+    this.hooks.onReconnect?.()
     clearTimeout(this.#retry)
     this.#retry = setTimeout(() => { void this.#connect() }, this.#delay)
     this.#retry.unref()
@@ -106,7 +158,7 @@ export class RevocationFeed {
   }
 
   async #connect (): Promise<void> {
-    if (this.#stopped) return
+    if (this.stopped) return
     const abort = new AbortController()
     this.#abort = abort
     let silence: NodeJS.Timeout | undefined
@@ -118,7 +170,7 @@ export class RevocationFeed {
     try {
       quiet()
       const res = await fetch(this.url, {
-        headers: { accept: 'text/event-stream', ...(this.#lastId > 0 ? { 'last-event-id': String(this.#lastId) } : {}) },
+        headers: { accept: 'text/event-stream', ...(this.lastId > 0 ? { 'last-event-id': String(this.lastId) } : {}) },
         redirect: 'error',
         signal: abort.signal
       })
@@ -140,8 +192,8 @@ export class RevocationFeed {
       }
       throw new Error('the feed ended')
     } catch (err) {
-      if (this.#stopped) return
-      this.#log.warn({ event: 'revocation_feed_lost', url: this.url, lastId: this.#lastId, err: (err as Error).message }, 'revocation feed lost: reconnecting')
+      if (this.stopped) return
+      this.log.warn({ event: 'revocation_feed_lost', url: this.url, lastId: this.lastId, err: (err as Error).message }, 'revocation feed lost: reconnecting')
       this.#scheduleReconnect()
     } finally {
       clearTimeout(silence)
@@ -163,29 +215,19 @@ export class RevocationFeed {
       else if (field === 'data') data = data === '' ? value : `${data}\n${value}`
     }
     if (event === 'ready') {
-      this.#caughtUp = true
       this.#delay = RECONNECT_MIN_MS
-      this.#setLive(true)
+      this.caughtUp()
       return
     }
     if (event !== 'revocation' || id === undefined || !/^\d+$/.test(id)) return
-    let e: RevocationFeedEvent
+    const seq = Number(id)
+    if (seq <= this.lastId) return
+    let e: RevocationMessage | undefined
     try {
-      const d = JSON.parse(data) as Record<string, unknown>
-      if (!(REVOCATION_KINDS as readonly string[]).includes(d.kind as string) || typeof d.digest !== 'string' ||
-        typeof d.revokedAt !== 'number' || typeof d.expiresAt !== 'number') return
-      e = { kind: d.kind as RevocationKind, digest: d.digest, revokedAt: d.revokedAt, expiresAt: d.expiresAt }
+      e = revocationFrom({ ...JSON.parse(data) as object, seq })
     } catch {
       return
     }
-    const seq = Number(id)
-    if (seq <= this.#lastId) return
-    this.#lastId = seq
-    if (e.expiresAt > this.#now()) {
-      this.set.add(e)
-      this.#hooks.onSize?.(this.set.size)
-    }
-    this.#hooks.onEvents?.([e], this.#now())
-    if (e.kind === 'kid') this.#hooks.onKeyRevoked?.(e.digest)
+    if (e !== undefined) this.apply([e])
   }
 }

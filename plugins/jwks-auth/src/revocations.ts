@@ -1,4 +1,4 @@
-import { revocationDigest, type RevocationKind } from '@portcullis/core'
+import { revocationDigest, type RevocationMessage } from '@portcullis/core'
 
 /** What a token can be revoked by, computed once per verification and cached with it. */
 export interface TokenRevocationKeys {
@@ -22,8 +22,8 @@ export function tokenRevocationKeys (payload: Record<string, unknown>, kid: stri
   }
 }
 
-/** One event of the feed. */
-export interface RevocationFeedEvent { kind: RevocationKind, digest: string, revokedAt: number, expiresAt: number }
+/** What the set needs of a revocation. */
+export type RevocationEntry = Pick<RevocationMessage, 'kind' | 'digest' | 'revokedAt' | 'expiresAt'>
 
 /**
  * The revocations in force for one issuer: maps from digest (kid for keys) to expiry, O(1) per
@@ -41,7 +41,7 @@ export class RevocationSet {
     return this.#sids.size + this.#jtis.size + this.#kids.size + this.#subs.size
   }
 
-  add (e: RevocationFeedEvent): void {
+  add (e: RevocationEntry): void {
     switch (e.kind) {
       case 'sid': this.#sids.set(e.digest, Math.max(e.expiresAt, this.#sids.get(e.digest) ?? 0)); break
       case 'jti': this.#jtis.set(e.digest, Math.max(e.expiresAt, this.#jtis.get(e.digest) ?? 0)); break

@@ -4,7 +4,7 @@ import { AuthFailure, type VerifiedUser } from '@portcullis/core'
 import type { RsaAlgorithm, ResolvedOptions } from './options.js'
 import type { KeyEntry } from './keys.js'
 import type { IssuerKeys } from './refresher.js'
-import type { RevocationFeed } from './revocation-feed.js'
+import type { RevocationSource } from './revocation-feed.js'
 import { tokenRevocationKeys, type TokenRevocationKeys } from './revocations.js'
 
 interface CachedVerification {
@@ -171,7 +171,7 @@ export class TokenVerifier {
   }
 
   /** Throws when the token is revoked, or when the feed is lost past the allowed time and the policy refuses. */
-  #checkRevocation (feed: RevocationFeed, rk: TokenRevocationKeys, now: number): void {
+  #checkRevocation (feed: RevocationSource, rk: TokenRevocationKeys, now: number): void {
     if (feed.set.revoked(rk)) throw new AuthFailure('revoked')
     if (this.#options.revocationPolicy === 'refuse' && !feed.live && feed.downFor(now) > this.#options.revocationStaleAfterMs) {
       throw new AuthFailure('revocations_unavailable')
