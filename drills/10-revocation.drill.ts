@@ -1,7 +1,11 @@
 /**
- * Drill 10: revocation everywhere within a second, on the auth service's feed. The real auth service
- * on a SQLite store, two gateways and two example services (user-service, product-service), each
- * verifying with jwks-auth and following `<issuer>/auth/revocations`. A steady stream of requests
+ * Drill 10: revocation everywhere within a second, on each transport in turn: `feed` (a SQLite
+ * store, verifiers following `<issuer>/auth/revocations`), `postgres` (a PostgreSQL store: what the
+ * CLI writes reaches the auth service by LISTEN/NOTIFY, verifiers on its feed) and `redis` (a
+ * PostgreSQL store and REDIS_URL: the auth service publishes to Redis, the gateways say
+ * `revocations: redis` and the services AUTH_REVOCATIONS_URL=redis://). Each time: the real auth
+ * service, two gateways and two example services (user-service, product-service), each verifying
+ * with jwks-auth. A steady stream of requests
  * with tokens nobody revokes runs on all four the whole time. Then, one after another: LOGOUTS
  * logouts (session), JTI_REVOKES `POST /oauth/revoke` of access tokens (token), USER_REVOKES
  * `portcullis users revoke` from another process (user), SESSION_REVOKES `portcullis sessions
@@ -17,36 +21,74 @@
 import { Drill } from './lib/summary.js'
 import { percentile, sleep } from './lib/closed-loop.js'
 import { startToyUpstream } from './lib/toy-upstream.js'
-import { authPorts, baseEnv, jwksUrl, startAuth, startGateway, startServices, stopAll, type Proc } from './lib/processes.js'
+import { randomBytes } from 'node:crypto'
+import { Redis } from 'ioredis'
+import { revocationRedisNames } from '@portcullis/core'
+import { authPorts, baseEnv, createDatabase, DRILL_REDIS_URL, jwksUrl, requireBackends, startAuth, startGateway, startServices, stopAll, type Proc } from './lib/processes.js'
 import { addUser, login } from './lib/tokens.js'
 import { runCli } from '../test/helpers/rotation-workers.js'
 
-const LOGOUTS = 60
+const LOGOUTS = 68
 const JTI_REVOKES = 25
-const USER_REVOKES = 8
-const SESSION_REVOKES = 8
+const USER_REVOKES = 4
+const SESSION_REVOKES = 4
 const POLL_MS = 10
 const GIVE_UP_MS = 5000
 const P99_MAX_MS = 1000
 
 const claimsOf = (jwt: string): Record<string, unknown> => JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString('utf8')) as Record<string, unknown>
 
+const TRANSPORTS = ['feed', 'postgres', 'redis'] as const
+type Transport = typeof TRANSPORTS[number]
+
+type DrillLike = Pick<Drill, 'check' | 'figure' | 'log' | 'cleanup'>
+
 await new Drill('10-revocation').run(async (d) => {
   d.cleanup(() => stopAll())
+  if (!await requireBackends(d, { postgres: true, redis: true })) return
   const up = await startToyUpstream('api')
   d.cleanup(() => up.close())
-  const env = baseEnv({ LOG_LEVEL: 'warn', AUTH_LOGIN_IP_MAX: '1000000', AUTH_LOGIN_USER_MAX: '1000000' })
+  for (const transport of TRANSPORTS) {
+    await runTransport(d, transport, up.url)
+    await stopAll()
+  }
+})
+
+/** One transport: its own store (and Redis names), auth, two gateways, the services; figures and checks prefixed with its name. */
+async function runTransport (drill: DrillLike, transport: Transport, upstream: string): Promise<void> {
+  const d: DrillLike = {
+    check: (ok, what) => drill.check(ok, `${transport}: ${what}`),
+    figure: (name, value) => drill.figure(`${transport}_${name}`, value),
+    log: (line) => drill.log(`${transport}: ${line}`),
+    cleanup: (fn) => drill.cleanup(fn)
+  }
+  const issuer = `http://portcullis-drill-${randomBytes(4).toString('hex')}.invalid`
+  const extra: Record<string, string> = { LOG_LEVEL: 'warn', AUTH_ISSUER: issuer }
+  if (transport !== 'feed') {
+    const db = await createDatabase()
+    drill.cleanup(() => db.drop())
+    extra.DATABASE_URL = db.url
+  }
+  if (transport === 'redis') {
+    extra.REDIS_URL = DRILL_REDIS_URL
+    drill.cleanup(async () => {
+      const redis = new Redis(DRILL_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0 })
+      await redis.connect()
+      await redis.del(revocationRedisNames(issuer).inForce).finally(() => redis.disconnect())
+    })
+  }
+  const env = baseEnv(extra)
   const rotate = await runCli(['keys', 'rotate'], env)
   if (rotate.code !== 0) throw new Error(`portcullis keys rotate failed: ${rotate.stdout}${rotate.stderr}`)
   const [ap] = await authPorts(1) as [{ port: number, adminPort: number }]
-  const feed = `http://127.0.0.1:${ap.port}/auth/revocations`
+  const feed = transport === 'redis' ? 'redis' : `http://127.0.0.1:${ap.port}/auth/revocations`
   const auth = await startAuth({ env, ports: ap })
   const routes = {
     issuers: [{ issuer: env.AUTH_ISSUER!, audience: 'portcullis', jwksUri: jwksUrl(ap), revocations: feed }],
     rateLimit: false,
-    routes: [{ name: 'api', prefix: '/api', upstream: up.url }]
+    routes: [{ name: 'api', prefix: '/api', upstream }]
   }
-  const svcEnv = { ...env, AUTH_JWKS_URL: jwksUrl(ap), AUTH_REVOCATIONS_URL: feed }
+  const svcEnv = { ...env, AUTH_JWKS_URL: jwksUrl(ap), AUTH_REVOCATIONS_URL: transport === 'redis' ? DRILL_REDIS_URL : feed }
   const [g1, g2, services] = await Promise.all([
     startGateway({ env, routes, name: 'gateway-1' }),
     startGateway({ env, routes, name: 'gateway-2' }),
@@ -214,4 +256,4 @@ await new Drill('10-revocation').run(async (d) => {
   d.check(steadyCount.ok > 1000, `the steady stream ran (${steadyCount.ok} answered 200)`)
   d.check(lateAccepted === 0, `a verifier started afterwards accepted ${lateAccepted} revoked tokens`)
   d.check(alive === 7, `${7 - alive} processes died`)
-})
+}

@@ -4,7 +4,7 @@ import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, rm
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { BatchedDestination } from '../gateway/log-destination.js'
+import { BatchedDestination } from '../lib/log-destination.js'
 
 t.test('lines are held until a batch is full or flushed, then written in order', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-logdest-'))
@@ -37,7 +37,7 @@ t.test('a full buffer drops and counts lines instead of growing without bound', 
 })
 
 t.test('lines still pending are written when the process exits', async (t) => {
-  const mod = fileURLToPath(new URL('../gateway/log-destination.ts', import.meta.url))
+  const mod = fileURLToPath(new URL('../lib/log-destination.ts', import.meta.url))
   const script = `import { BatchedDestination } from ${JSON.stringify(mod)}
 const d = new BatchedDestination({ flushInterval: 60000 })
 d.write('{"msg":"last words"}\\n')

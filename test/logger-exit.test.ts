@@ -7,8 +7,8 @@ import t from 'tap'
 // must still exit. pino's default asynchronous stdout flushes what it holds on exit with a loop that
 // retries every write error, EPIPE included: such a process hung in that loop for good (a stack's
 // service was still up 40 s after the stack's SIGKILL; test/e2e-rotation.test.ts kills a real stack).
-// lib/logger.ts, which the gateway's peers (auth, rotation, services, the CLI) log through, writes
-// synchronously instead.
+// lib/logger.ts, which the gateway's peers (auth, rotation, services, the CLI) log through, batches
+// its lines as the gateway does and drops them once the reader is gone.
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const LOGGER = new URL('../lib/logger.ts', import.meta.url).href
