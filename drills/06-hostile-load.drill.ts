@@ -5,9 +5,10 @@
  *
  * One gateway process (short listener timeouts so closures happen within the drill), a test issuer
  * whose JWKS fetches the drill times, a toy upstream. Normal traffic (valid tokens, closed loop) in
- * five windows of MEASURE_MS: alone, under attack, alone (the flood and the malformed requests held,
- * the held connections kept), under attack, alone. The mean throughput of the attacked windows is
- * compared with that of the others: interleaved, the drift of a shared machine's speed falls on both. The attacker is a process of its own (drills/lib/attacker.ts), as a real one
+ * windows of MEASURE_MS: alone, then six times under attack and alone again (the flood and the
+ * malformed requests held, the held connections kept). Each attacked window's throughput is compared
+ * with the mean of the two alone beside it, and the median of those ratios is the figure: the drift
+ * of a shared machine's speed falls on both sides, and a burst of it on a few windows only. The attacker is a process of its own (drills/lib/attacker.ts), as a real one
  * would be, so its thousands of sockets do not slow the drill's load generator and upstream.
  * Promises:
  *   - at most one JWKS fetch per kid-miss cooldown (plus background refreshes) while the flood runs;
@@ -29,8 +30,9 @@ import { pinToCpus, type HeldStats } from './lib/hostile.js'
 import { startAttacker, type AttackReport } from './lib/attacker.js'
 import { metricValue } from './lib/scrape.js'
 
-/** Each of the five measuring windows (alone, attack, alone, attack, alone). */
-const MEASURE_MS = 5000
+/** Each measuring window: alone, then ATTACKED_WINDOWS times (under attack, alone). */
+const MEASURE_MS = 2000
+const ATTACKED_WINDOWS = 6
 const ONLY = (process.env.DRILL6_ONLY ?? 'flood,bad,silent,idle,slow').split(',')
 const VALID_CONCURRENCY = 4
 const USERS = 20
@@ -51,12 +53,22 @@ const HELD = 1000
 const THROUGHPUT_TOLERANCE = 0.2
 /**
  * The attack's pace: two flood loops and two malformed-request loops, each pausing this long between
- * requests: ~400 random-kid tokens and ~150 malformed requests (each on a new connection) a second
- * here, about a quarter of the valid traffic's rate, on the one core the gateway shares with that
+ * requests (times the pace below): ~400 random-kid tokens and ~150 malformed requests (each on a new
+ * connection) a second here at pace 1, on the one core the gateway shares with that
  * traffic's client and upstream. The summary gives the rates and the gateway's CPU per attack request.
  */
 const FLOOD_PAUSE_MS = 4
 const MALFORMED_PAUSE_MS = 10
+/** Attack requests a second those pauses give (flood and malformed together, measured here). */
+const ATTACK_RPS_AT_PACE_1 = 540
+/**
+ * The attack is about a quarter of the valid traffic's rate (the first window alone): on a machine
+ * slower at the time (a busy host: twice this machine's quiet CPU time per request was seen), or
+ * slower than when the pauses were chosen, the pauses grow in proportion (up to 3x) instead of a
+ * fixed rate that would be half the valid traffic there. The summary gives the pace and the
+ * attack's real rates.
+ */
+const ATTACK_SHARE = 0.25
 
 /** CPU time (user + system, ms) a process used so far, all threads. */
 function procCpuMs (pid: number): number {
@@ -119,9 +131,10 @@ await new Drill('06-hostile-load').run(async (d) => {
     durationMs: MEASURE_MS,
     pauseMs: 1
   })
-  // every token verified once before measuring (the cache), and the JIT warmed
+  // every token verified once before measuring (the cache), and the JIT warmed (5 s: the first window
+  // alone sets the attack's pace, and was still ~40% below the later ones after 1.5 s)
   for (const t of tokens) await fetch(`${gw.base}/api/warm`, { headers: { authorization: `Bearer ${t}` } }).then((r) => r.arrayBuffer())
-  await closedLoop({ targets: [{ origin: gw.base, path: '/api/x', headers: { authorization: `Bearer ${tokens[0]}` } }], concurrency: VALID_CONCURRENCY, durationMs: 1500 }).done
+  await closedLoop({ targets: [{ origin: gw.base, path: '/api/x', headers: { authorization: `Bearer ${tokens[0]}` } }], concurrency: VALID_CONCURRENCY, durationMs: 5000 }).done
 
   // --- normal traffic alone, under attack, alone, under attack, alone: interleaved windows, so that the
   // drift of a shared machine's speed falls on both sides alike ---
@@ -134,6 +147,8 @@ await new Drill('06-hostile-load').run(async (d) => {
     d.log(`${attack ? 'under attack' : 'alone'}: ${samples.length} requests, ${rps(samples).toFixed(0)} valid/s`)
   }
   await measure(false)
+  const pace = Math.min(3, Math.max(1, ATTACK_RPS_AT_PACE_1 / (ATTACK_SHARE * Math.max(1, rps(windows[0]!.samples)))))
+  d.figure('attack_pace', pace.toFixed(2))
 
   const fetchTimes: number[] = []
   let seenFetches = issuer.fetches
@@ -146,10 +161,10 @@ await new Drill('06-hostile-load').run(async (d) => {
   })()
   const attacker = startAttacker({
     port,
-    maxMs: 3 * MEASURE_MS + 20_000,
+    maxMs: 2 * ATTACKED_WINDOWS * (MEASURE_MS + 500) + 20_000,
     ...(pinned ? { cpu: 1 } : {}),
-    ...(ONLY.includes('flood') ? { flood: { path: '/api/x', claims: { iss: issuer.url, aud: issuer.audience, sub: 'attacker', exp: Math.floor(Date.now() / 1000) + 600 }, concurrency: 2, pauseMs: FLOOD_PAUSE_MS } } : {}),
-    ...(ONLY.includes('bad') ? { malformed: { token: tokens[0]!, concurrency: 2, pauseMs: MALFORMED_PAUSE_MS } } : {}),
+    ...(ONLY.includes('flood') ? { flood: { path: '/api/x', claims: { iss: issuer.url, aud: issuer.audience, sub: 'attacker', exp: Math.floor(Date.now() / 1000) + 600 }, concurrency: 2, pauseMs: Math.round(FLOOD_PAUSE_MS * pace) } } : {}),
+    ...(ONLY.includes('bad') ? { malformed: { token: tokens[0]!, concurrency: 2, pauseMs: Math.round(MALFORMED_PAUSE_MS * pace) } } : {}),
     held: { silent: ONLY.includes('silent') ? HELD / 2 : 0, idle: ONLY.includes('idle') ? HELD / 2 : 0, slow: ONLY.includes('slow') ? HELD : 0, idleRequest: 'GET /public/x HTTP/1.1\r\nHost: drill\r\n\r\n', slowPath: '/api/x' }
   })
   d.cleanup(() => { attacker.child.kill('SIGKILL') })
@@ -161,15 +176,18 @@ await new Drill('06-hostile-load').run(async (d) => {
     // steady states (the first one measured the attack's start-up, 20-30% below the second in
     // every run)
     await sleep(2000)
-    await measure(true)
-    // the flood and the malformed requests held (the held connections stay: alone they cost the
-    // gateway under 5% of its CPU and no throughput), then let go again
-    attacker.pause()
-    await sleep(200)
-    await measure(false)
-    attacker.resume()
-    await sleep(200)
-    await measure(true)
+    for (let w = 0; w < ATTACKED_WINDOWS; w++) {
+      await measure(true)
+      // the flood and the malformed requests held (the held connections stay: alone they cost the
+      // gateway under 5% of its CPU and no throughput), then let go again
+      attacker.pause()
+      await sleep(200)
+      await measure(false)
+      if (w < ATTACKED_WINDOWS - 1) {
+        attacker.resume()
+        await sleep(200)
+      }
+    }
   } finally {
     report = await attacker.stop()
     watching = false
@@ -182,7 +200,6 @@ await new Drill('06-hostile-load').run(async (d) => {
   const malformedResult = report.malformed
   const [silent, idle, slow] = report.held as [HeldStats, HeldStats, HeldStats]
 
-  await measure(false)
   const base = windows.filter((w) => !w.attack)
   const attacked = windows.filter((w) => w.attack)
   const mean = (ws: typeof windows): number => ws.reduce((n, w) => n + rps(w.samples), 0) / ws.length
@@ -195,7 +212,11 @@ await new Drill('06-hostile-load').run(async (d) => {
   d.figure('gw_cpu_attack_share', (attackCpu / Math.max(1, cpuAttack)).toFixed(2))
   const baseRps = mean(base)
   const attackRps = mean(attacked)
-  const ratio = attackRps / baseRps
+  // each attacked window against the two alone beside it, the median of those: a burst of the
+  // shared host's load (seen: the machine 1.6-3x slower for seconds) falls on a few windows only
+  const local = windows.flatMap((w, i) => w.attack ? [rps(w.samples) / ((rps(windows[i - 1]!.samples) + rps(windows[i + 1]!.samples)) / 2)] : [])
+  const ratio = percentile(local, 50)
+  d.figure('local_ratios', local.map((r) => r.toFixed(2)).join('/'))
   d.figure('rps_windows', windows.map((w) => `${w.attack ? 'A' : 'N'}${rps(w.samples).toFixed(0)}`).join('/'))
   d.figure('base_rps', baseRps.toFixed(0))
   d.figure('attack_rps', attackRps.toFixed(0))
@@ -204,7 +225,7 @@ await new Drill('06-hostile-load').run(async (d) => {
   const attackedSamples = attacked.flatMap((w) => w.samples)
   d.figure('base_p99_ms', ms1(percentile(baseSamples.map((s) => s.ms), 99)))
   d.figure('attack_p99_ms', ms1(percentile(attackedSamples.map((s) => s.ms), 99)))
-  d.check(ratio >= 1 - THROUGHPUT_TOLERANCE, `valid throughput under attack ${attackRps.toFixed(0)}/s is ${(100 * (1 - ratio)).toFixed(0)}% below the ${baseRps.toFixed(0)}/s without it (windows ${windows.map((w) => `${w.attack ? 'attack' : 'alone'} ${rps(w.samples).toFixed(0)}`).join(', ')}; at most ${100 * THROUGHPUT_TOLERANCE}%)`)
+  d.check(ratio >= 1 - THROUGHPUT_TOLERANCE, `valid throughput under attack is ${(100 * (1 - ratio)).toFixed(0)}% below the windows alone beside it (median of ${local.length}; means ${attackRps.toFixed(0)}/s and ${baseRps.toFixed(0)}/s) (windows ${windows.map((w) => `${w.attack ? 'attack' : 'alone'} ${rps(w.samples).toFixed(0)}`).join(', ')}; at most ${100 * THROUGHPUT_TOLERANCE}%)`)
 
   // --- valid users behind the attacker's IP ---
   const validBad = [...baseSamples, ...attackedSamples].filter((s) => s.status !== 200)
@@ -239,7 +260,8 @@ await new Drill('06-hostile-load').run(async (d) => {
   d.figure('jwks_allowed', allowed)
   d.figure('jwks_min_gap_ms', gaps.length === 0 ? 'n/a' : Math.min(...gaps))
   d.check(during.length <= allowed, `${during.length} JWKS fetches in ${((attackEnd - attackStart) / 1000).toFixed(1)} s of random-kid flood (at most ${allowed}: one per ${COOLDOWN_S} s cooldown + background refreshes)`)
-  d.check(gaps.filter((g) => g < COOLDOWN_S * 1000 - 150).length <= Math.ceil((attackEnd - attackStart) / (REFRESH_S * 1000)),
+  // a background refresh falling between two kid-miss fetches splits one cooldown gap into two short ones
+  d.check(gaps.filter((g) => g < COOLDOWN_S * 1000 - 150).length <= 2 * Math.ceil((attackEnd - attackStart) / (REFRESH_S * 1000)),
     `JWKS fetches closer than the ${COOLDOWN_S} s cooldown: gaps ${gaps.join(', ')} ms`)
   const refreshes = await metricValue(gw.admin, 'portcullis_jwks_refresh_total')
   d.figure('jwks_refresh_metric', refreshes)

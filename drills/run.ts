@@ -14,10 +14,16 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const DIR = fileURLToPath(new URL('.', import.meta.url))
-/** The whole run must take less than this. */
-const RUN_BUDGET_MS = 10 * 60_000
+/**
+ * The whole run must take less than this. It was 10 minutes; drill 10 now runs each revocation
+ * transport in turn (~90 s) and drill 09 is CPU-bound on both cores (200-235 s on the 2-core
+ * machine), so a clean run takes ~10.5-11 minutes there.
+ */
+const RUN_BUDGET_MS = 13 * 60_000
 /** One drill is stopped (and failed) past this. */
 const DRILL_BUDGET_MS = 4 * 60_000
+/** Drills allowed longer: the property runs (100,000 cases for 17 properties, ~400 s of CPU on two cores). */
+const LONGER: Record<string, number> = { '09-properties.drill.ts': 5 * 60_000 }
 
 const only = process.argv.slice(2)
 const files = readdirSync(DIR)
@@ -42,10 +48,11 @@ function runDrill (file: string): Promise<Outcome> {
     let out = ''
     child.stdout.setEncoding('utf8')
     child.stdout.on('data', (d: string) => { out += d; process.stdout.write(d) })
+    const budget = LONGER[file] ?? DRILL_BUDGET_MS
     const timer = setTimeout(() => {
-      console.error(`drills: ${file} ran past ${DRILL_BUDGET_MS / 1000}s; killing it`)
+      console.error(`drills: ${file} ran past ${budget / 1000}s; killing it`)
       try { process.kill(-child.pid!, 'SIGKILL') } catch { /* gone */ }
-    }, DRILL_BUDGET_MS)
+    }, budget)
     child.on('exit', (code, signal) => {
       clearTimeout(timer)
       const summary = out.split('\n').filter((l) => l.startsWith('DRILL ')).at(-1) ?? `DRILL ${file}: FAIL (no summary line; exit ${code ?? signal})`
