@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Fastify from 'fastify'
 import httpProxy from '@fastify/http-proxy'
+import { Pool } from 'undici'
 import { createGateway, settingsFromEnv } from '../gateway/main.js'
 import { MEMORY_TUNING_FLAGS } from '../gateway/tuning.js'
 import { jwksOptionsFromEnv } from '../lib/jwks-env.js'
@@ -13,6 +14,7 @@ import { jwksOptionsFromEnv } from '../lib/jwks-env.js'
  * One process under test for bench/gateway.bench.ts, started as a child with an IPC channel:
  *   upstream                 a tiny JSON server
  *   bare <upstream>          Fastify + one @fastify/http-proxy registration, nothing else
+ *   lean <upstream>          Fastify + one route streaming through undici's Pool.request, nothing else
  *   gateway <upstream> <iss> the full gateway, built by `createGateway` from env settings and a route
  *                            file exactly as `portcullis gateway` does (V8 memory tuning and logger
  *                            included); BENCH_FEATURES switches parts off (`logs` = LOG_LEVEL warn,
@@ -34,6 +36,26 @@ async function main (): Promise<number> {
     srv.keepAliveTimeout = 60_000
     await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
     return (srv.address() as { port: number }).port
+  }
+  if (mode === 'lean') {
+    // The least a Fastify route can do to proxy: stream the upstream's answer through undici's public
+    // Pool.request, forwarding the method, path and headers as they come (no hygiene, no timeouts).
+    const pool = new Pool(upstream!, { connections: 64, pipelining: 1 })
+    const app = Fastify({ logger: false })
+    app.removeAllContentTypeParsers()
+    app.addContentTypeParser('*', (_req, payload, done) => { done(null, payload) })
+    app.all('/api/*', async (req, reply) => {
+      const headers = { ...req.headers }
+      delete headers.host
+      delete headers.connection
+      const res = await pool.request({ method: req.method as 'GET', path: req.url.slice(4) || '/', headers, body: req.method === 'GET' || req.method === 'HEAD' ? null : req.raw })
+      delete res.headers.connection
+      delete res.headers['keep-alive']
+      delete res.headers['transfer-encoding']
+      return await reply.code(res.statusCode).headers(res.headers).send(res.body)
+    })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    return (app.server.address() as { port: number }).port
   }
   if (mode === 'bare') {
     const app = Fastify({ logger: false })

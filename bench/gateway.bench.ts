@@ -1,6 +1,6 @@
-import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process'
-import { readFileSync, rmSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
+import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
@@ -34,7 +34,7 @@ const DURATION = Number(process.env.BENCH_DURATION ?? 3) // seconds per measurem
 const CONNECTIONS = 32
 const DISTINCT_FOR_RSS = Number(process.env.BENCH_RSS_TOKENS ?? 100_000)
 const TARGET = 'bench/gateway-target.ts'
-const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss,tracing,revocation').split(','))
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss,tracing,revocation,peers').split(','))
 /** Command-line V8 flags of the reference run with a fixed heap cap (an alternative to the gateway's own tuning). */
 const CAPPED_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=96']
 
@@ -70,6 +70,57 @@ function startTarget (args: string[], env: Record<string, string> = {}, viaTsx =
 }
 
 interface Target { name: string, url: string, tokens: string[], pid?: number }
+
+/**
+ * HAProxy in front of the upstream, verifying the bearer token (RS256, the issuer's key as PEM) with
+ * `jwt_verify`, one thread, pinned like the other processes under test. Installs the Debian package
+ * `haproxy` when missing (as root, or with sudo); returns why not when it cannot.
+ */
+async function startHaproxy (upstreamPort: number, publicKeyPem: string): Promise<{ port: number, pid: number } | string> {
+  if (spawnSync('haproxy', ['-v']).status !== 0) {
+    const sudo = process.getuid?.() === 0 ? [] : ['sudo', '-n']
+    const apt = (args: string[]): number | null => spawnSync(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length > 0 ? ['apt-get'] : []), ...args], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status
+    console.log('\npeers: installing the Debian package haproxy')
+    if (apt(['install', '-y', '-qq', '--no-install-recommends', 'haproxy']) !== 0 && (apt(['update', '-qq']) !== 0 || apt(['install', '-y', '-qq', '--no-install-recommends', 'haproxy']) !== 0)) {
+      return 'haproxy is not installed and apt-get could not install it (run as root or with sudo, or `apt-get install haproxy`)'
+    }
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-bench-haproxy-'))
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)) })
+  })
+  writeFileSync(join(dir, 'key.pem'), publicKeyPem)
+  writeFileSync(join(dir, 'haproxy.cfg'), `global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend gateway
+  bind 127.0.0.1:${port}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request deny deny_status 401 unless { var(txn.alg) -m str RS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"${join(dir, 'key.pem')}") -m int 1 }
+  default_backend upstream
+backend upstream
+  http-reuse always
+  server up 127.0.0.1:${upstreamPort}
+`)
+  const child = spawn('haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'inherit'] })
+  children.push(child)
+  child.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+  for (let i = 0; i < 100; i++) {
+    const ok = await fetch(`http://127.0.0.1:${port}/api/x`).then((r) => r.status, () => 0)
+    if (ok === 401) break
+    if (child.exitCode !== null) return `haproxy exited with ${child.exitCode}`
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  pin(child.pid!, UNDER_TEST_CORE)
+  return { port, pid: child.pid! }
+}
 /** cpu: CPU time (user + system) of the process under test per request, µs: less sensitive to other load on the machine than req/s. */
 interface Sample { rps: number, p50: number, p99: number, non2xx: number, cpu: number }
 
@@ -367,6 +418,25 @@ async function main (): Promise<void> {
     checks.push(['revocation on: CPU per request within 5% of the gateway without it (beyond the A/A pair)', c.cpu - aa.cpu <= 0.05, `x${fmt(c.cpu, 3)} (${c.cpuUs >= 0 ? '+' : ''}${fmt(c.cpuUs, 1)} us); req/s x${fmt(c.rps, 3)}; A/A x${fmt(aa.cpu, 3)}`])
     feed.closeAllConnections()
     feed.close()
+  }
+
+  if (PHASES.has('peers')) {
+    // The gateway beside its peers, each paired with the bare proxy: HAProxy verifying the same token
+    // with the same key (jwt_verify, one thread on the core under test), and the leanest Fastify route
+    // streaming through undici's public API.
+    const [bare, lean, full] = await Promise.all([startTarget(['bare', upstream]), startTarget(['lean', upstream]), gw({})])
+    const variants: Target[] = [
+      { name: 'lean Fastify route + undici Pool.request', url: at(lean), tokens: one, pid: lean.pid },
+      { name: 'gateway, all features, 1 token', url: at(full), tokens: one, pid: full.pid }
+    ]
+    const haproxy = await startHaproxy(up.port, issuer.published[0]!.publicKey.export({ type: 'spki', format: 'pem' }).toString())
+    if (typeof haproxy === 'string') console.log(`\npeers: no HAProxy row: ${haproxy}`)
+    else variants.unshift({ name: 'HAProxy 2.6 jwt_verify (1 thread)', url: `http://127.0.0.1:${haproxy.port}/api/x`, tokens: one, pid: haproxy.pid })
+    const cost = await paired('peers', { name: 'bare @fastify/http-proxy', url: at(bare), tokens: one, pid: bare.pid }, variants)
+    const g = cost['gateway, all features, 1 token']!
+    const h = cost['HAProxy 2.6 jwt_verify (1 thread)']
+    checks.push(['gateway CPU per request <= 1.0x the bare proxy (cache hits)', g.cpu <= 1.0, `x${fmt(g.cpu, 3)}`])
+    if (h !== undefined) checks.push(['gateway CPU per request <= 1.5x HAProxy jwt_verify', g.cpu / h.cpu <= 1.5, `x${fmt(g.cpu / h.cpu, 2)} (gateway x${fmt(g.cpu, 3)}, HAProxy x${fmt(h.cpu, 3)} of the bare proxy)`])
   }
 
   if (PHASES.has('rss')) {
