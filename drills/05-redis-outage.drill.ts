@@ -18,7 +18,7 @@
 import { rawRequest } from '../test/helpers/upstream.js'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 import { Drill } from './lib/summary.js'
-import { closedLoop, ms1, percentile, sleep, type Sample } from './lib/closed-loop.js'
+import { closedLoop, ms1, percentile, sleep, summarize, type Sample } from './lib/closed-loop.js'
 import { haveRedisServer, startPrivateRedis } from './lib/private-redis.js'
 import { startToyUpstream } from './lib/toy-upstream.js'
 import { startGateway, stopAll, type Proc } from './lib/processes.js'
@@ -281,12 +281,3 @@ await new Drill('05-redis-outage').run(async (d) => {
   d.figure('error_lines', errLines.length)
   d.check(errLines.length === 0, `gateways logged ${errLines.length} error lines, e.g. ${JSON.stringify(errLines[0])?.slice(0, 300)}`)
 })
-
-function summarize (ss: Sample[]): string {
-  const by = new Map<string, number>()
-  for (const s of ss) {
-    const k = `${s.status}${s.code === undefined ? '' : ` ${s.code}`}`
-    by.set(k, (by.get(k) ?? 0) + 1)
-  }
-  return [...by].map(([k, n]) => `${n}x ${k}`).join(', ') || 'none'
-}

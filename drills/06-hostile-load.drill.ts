@@ -23,7 +23,7 @@
 import { readFileSync } from 'node:fs'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 import { Drill } from './lib/summary.js'
-import { closedLoop, ms1, percentile, sleep, type Sample } from './lib/closed-loop.js'
+import { closedLoop, ms1, percentile, sleep, summarize, type Sample } from './lib/closed-loop.js'
 import { startToyUpstream } from './lib/toy-upstream.js'
 import { startGateway, stopAll } from './lib/processes.js'
 import { pinToCpus, type HeldStats } from './lib/hostile.js'
@@ -313,12 +313,3 @@ await new Drill('06-hostile-load').run(async (d) => {
   const errLines = gw.logs.filter((l) => (l.level ?? 0) >= 50)
   d.check(errLines.length === 0, `the gateway logged ${errLines.length} error lines, e.g. ${JSON.stringify(errLines[0])?.slice(0, 300)}`)
 })
-
-function summarize (ss: Sample[]): string {
-  const by = new Map<string, number>()
-  for (const s of ss) {
-    const k = `${s.status}${s.code === undefined ? '' : ` ${s.code}`}`
-    by.set(k, (by.get(k) ?? 0) + 1)
-  }
-  return [...by].map(([k, n]) => `${n}x ${k}`).join(', ') || 'none'
-}

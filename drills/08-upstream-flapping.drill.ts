@@ -16,7 +16,7 @@
  * no stack; the gateway never exits.
  */
 import { Drill } from './lib/summary.js'
-import { closedLoop, ms1, percentile, sleep, type Sample } from './lib/closed-loop.js'
+import { closedLoop, ms1, percentile, sleep, summarize, type Sample } from './lib/closed-loop.js'
 import { startToyUpstream } from './lib/toy-upstream.js'
 import { startGateway, stopAll, type LogRecord } from './lib/processes.js'
 import { metricValue } from './lib/scrape.js'
@@ -216,14 +216,6 @@ await new Drill('08-upstream-flapping').run(async (d) => {
   d.check(gw.alive && live === 200, `the gateway exited or does not answer /health/live (${live}): ${JSON.stringify(gw.exit)}`)
 })
 
-function summarize (ss: Sample[]): string {
-  const by = new Map<string, number>()
-  for (const s of ss) {
-    const k = `${s.status}${s.code === undefined ? '' : ` ${s.code}`}`
-    by.set(k, (by.get(k) ?? 0) + 1)
-  }
-  return [...by].map(([k, n]) => `${n}x ${k}`).join(', ') || 'none'
-}
 
 function briefLine (l: LogRecord | undefined): string {
   if (l === undefined) return 'none'

@@ -101,6 +101,16 @@ export function percentile (values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
 }
 
+/** Answers by status (and code): `812x 200, 3x 503 PORTCULLIS_CIRCUIT_OPEN`, or `none`. */
+export function summarize (ss: Sample[]): string {
+  const by = new Map<string, number>()
+  for (const s of ss) {
+    const k = `${s.status}${s.code === undefined ? '' : ` ${s.code}`}`
+    by.set(k, (by.get(k) ?? 0) + 1)
+  }
+  return [...by].map(([k, n]) => `${n}x ${k}`).join(', ') || 'none'
+}
+
 /** `12.3` for figures. */
 export function ms1 (v: number): string {
   return Number.isFinite(v) ? v.toFixed(1) : 'n/a'
