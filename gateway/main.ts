@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
+import cluster from 'node:cluster'
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, UsageError } from '../lib/errors.js'
 import { listenOn } from '../lib/listen.js'
@@ -9,7 +10,9 @@ import { TRACING_ENV, tracingFromEnv } from '../lib/tracing-env.js'
 import type { TracingPluginOptions } from '@portcullis/tracing'
 import { DEFAULT_REDIS_COMMAND_TIMEOUT } from '@portcullis/rate-limit'
 import { loadGatewayConfig, type GatewayConfig } from './config.js'
-import { buildGateway, DEFAULT_HSTS_MAX_AGE, type Gateway, type GatewayOptions } from './server.js'
+import { buildGateway, DEFAULT_HSTS_MAX_AGE, gatewayLogger, type Gateway, type GatewayOptions } from './server.js'
+import { checkWorkers, isGatewayWorker, runPrimary, serveWorker, workerLogMaxWrite, workersFromEnv } from './cluster.js'
+import { BatchedDestination } from '../lib/log-destination.js'
 import { GatewayRuntime, type RuntimeOptions } from './runtime.js'
 import { checkProblems, envProblems, reportCheck } from '../lib/check.js'
 import { DEFAULT_DRAIN_DELAY } from '../lib/drain.js'
@@ -44,6 +47,7 @@ export const GATEWAY_ENV: EnvTable = [
   ['GATEWAY_REQUEST_TIMEOUT', durationText(DEFAULT_REQUEST_TIMEOUT), 'the whole request, body included, must arrive within this (0: no limit)'],
   ['GATEWAY_MAX_CONNECTIONS', 'open-file limit - 256', 'public connections at most; more are closed on arrival, so clients never starve the gateway of descriptors for its upstreams'],
   ['GATEWAY_STATUS_KEYS_URL', 'unset', 'the auth service\'s key timeline (its admin listener\'s /keys), shown by the admin listener\'s /status page and /status.json; unset: the page shows the kids of each issuer\'s JWKS without their timeline'],
+  ['GATEWAY_WORKERS', '1', 'gateway processes sharing the public port (node:cluster), each on its own core: a number, or auto for one per available core (recommended in production); a worker that dies is replaced. More than 1 with any rate limit requires REDIS_URL, so a caller\'s limit is not multiplied by the workers'],
   ['GATEWAY_MEMORY_TUNING', 'true', `true: the gateway sets V8's ${MEMORY_TUNING_FLAGS.join(' ')} on itself at start; false keeps V8's default heap sizing`]
 ]
 
@@ -77,6 +81,8 @@ export interface GatewaySettings {
   shutdownGrace: number
   drainDelay: number
   memoryTuning: boolean
+  /** GATEWAY_WORKERS resolved: how many worker processes (1: the gateway runs in this process). */
+  workers: number
   listener: ListenerLimits
   /** Trace export (the OpenTelemetry variables, TRACING_ENV). */
   tracing: TracingPluginOptions
@@ -118,6 +124,7 @@ export function settingsFromEnv (env: Env): GatewaySettings {
     shutdownGrace: envDuration(env, 'GATEWAY_SHUTDOWN_GRACE', DEFAULT_SHUTDOWN_GRACE, { min: 1 }),
     drainDelay: envDuration(env, 'GATEWAY_DRAIN_DELAY', DEFAULT_DRAIN_DELAY, { min: 0 }),
     memoryTuning: envBool(env, 'GATEWAY_MEMORY_TUNING', true),
+    workers: workersFromEnv(env),
     listener: {
       idleTimeout: envDuration(env, 'GATEWAY_IDLE_TIMEOUT', DEFAULT_IDLE_TIMEOUT, { min: 0 }),
       keepAliveTimeout: envDuration(env, 'GATEWAY_KEEP_ALIVE_TIMEOUT', DEFAULT_KEEP_ALIVE_TIMEOUT, { min: 0.001 }),
@@ -140,7 +147,7 @@ export async function createGateway (s: GatewaySettings, env: Env = process.env,
   const config = loadGatewayConfig(s.configPath)
   checkListenerLimits(s.listener, config)
   // the options the running gateway gets (runtimeOptions), less what only the runtime uses
-  const { configPath: _path, drainDelay: _drain, reloadKeysTimeout: _keys, statusKeysUrl: _status, ...opts } = runtimeOptions(s, env)
+  const { configPath: _path, drainDelay: _drain, reloadKeysTimeout: _keys, statusKeysUrl: _status, workers: _workers, ...opts } = runtimeOptions(s, env)
   const gw = await buildGateway({ ...opts, config, ...extra })
   return { gw, config }
 }
@@ -158,7 +165,8 @@ export function runtimeOptions (s: GatewaySettings, env: Env = process.env): Run
     auth: jwksOptionsFromEnv(env),
     tracing: s.tracing,
     statusKeysUrl: s.statusKeysUrl,
-    drainDelay: s.drainDelay
+    drainDelay: s.drainDelay,
+    workers: s.workers
   }
 }
 
@@ -181,6 +189,7 @@ export async function check (file: string | undefined, env: Env = process.env, o
   problems.push(...await checkProblems([
     () => { config = loadGatewayConfig(configPath) },
     () => { if (s !== undefined && config !== undefined) checkListenerLimits(s.listener, config) },
+    () => { if (s !== undefined && config !== undefined) checkWorkers(s.workers, config, s.redisUrl) },
     async () => {
       if (s === undefined || config === undefined || problems.length > 0) return
       // the plugins check their own options at registration; no Redis connection, nothing listens
@@ -203,7 +212,20 @@ export async function run (argv: string[]): Promise<number> {
   }
   if (argv.length > 0) throw new UsageError(`gateway: unknown argument "${argv[0]}" (settings come from the environment; see portcullis gateway --help)`)
   const s = settingsFromEnv(process.env)
+  const worker = isGatewayWorker()
+  if (s.workers > 1 && !worker) {
+    // the primary: every setting and the route file checked before a worker starts
+    const config = loadGatewayConfig(s.configPath)
+    checkListenerLimits(s.listener, config)
+    checkWorkers(s.workers, config, s.redisUrl)
+    cluster.setupPrimary({ execArgv: process.execArgv })
+    const logger = gatewayLogger()
+    const code = await runPrimary({ workers: s.workers, adminHost: s.adminHost, adminPort: s.adminPort, drainDelay: s.drainDelay, shutdownGrace: s.shutdownGrace, logger })
+    logger.info({ workers: s.workers, routes: config.routes.length, config: s.configPath, tls: s.tls !== undefined, redis: s.redisUrl !== undefined }, 'gateway ready')
+    return code
+  }
   if (s.memoryTuning) applyMemoryTuning()
+  if (worker) return await runWorker(s)
   const rt = await GatewayRuntime.start(runtimeOptions(s))
   const log = rt.log
   const onHangup = (): void => { void rt.reload('SIGHUP') }
@@ -230,5 +252,51 @@ export async function run (argv: string[]): Promise<number> {
     throw err
   }
   log.info({ routes: rt.config.routes.length, config: s.configPath, version: rt.version, tls: s.tls !== undefined, redis: s.redisUrl !== undefined }, 'gateway ready')
+  return 0
+}
+
+/**
+ * One worker of a gateway with GATEWAY_WORKERS > 1: the same gateway, listening on the public port
+ * shared through node:cluster; its admin app answers through the primary (gateway/cluster.ts). It
+ * stops once, whatever asks first: the primary (which passes on SIGTERM/SIGINT), a signal of its own
+ * (a service manager may signal every process of the group), or the primary going away; a second
+ * request does not cut the drain short. Forced exit after the drain delay and grace period.
+ */
+async function runWorker (s: GatewaySettings): Promise<number> {
+  // lines of every worker share the primary's stdout: whole lines per write when it is a pipe
+  const rt = await GatewayRuntime.start({ ...runtimeOptions(s), logger: gatewayLogger(undefined, new BatchedDestination({ maxWrite: workerLogMaxWrite() })) })
+  const log = rt.log
+  const onHangup = (): void => { void rt.reload('SIGHUP') }
+  let stopping: Promise<void> | undefined
+  const stop = (signal: string): void => {
+    stopping ??= (async () => {
+      process.removeListener('SIGHUP', onHangup)
+      log.info({ signal }, 'shutting down: readiness 503, then draining in-flight requests')
+      setTimeout(() => {
+        log.error('grace period over: exiting with requests still in flight')
+        process.exit(1)
+      }, (s.drainDelay + s.shutdownGrace) * 1000).unref()
+      try {
+        await rt.close(signal)
+        log.info('gateway worker stopped')
+      } finally {
+        process.exit(0)
+      }
+    })()
+  }
+  process.on('SIGTERM', () => { stop('SIGTERM') })
+  process.on('SIGINT', () => { stop('SIGINT') })
+  process.on('SIGHUP', onHangup)
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err }, 'fatal error in a gateway worker: exiting (the primary starts another)')
+    process.exit(1)
+  })
+  try {
+    await rt.listen(s.host, s.port, 'GATEWAY_PORT')
+  } catch (err) {
+    await rt.close()
+    throw err
+  }
+  serveWorker(rt, stop)
   return 0
 }

@@ -77,7 +77,8 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
     name: 'portcullis_circuit_breaker_state',
     help: 'Circuit breaker state per upstream origin: 0 closed, 1 open, 2 half-open',
     labelNames: ['upstream'],
-    registers: [registry]
+    aggregator: 'max', // one value over the gateway's workers (a sum would mean nothing)
+      registers: [registry]
   })
 
   // Upstream time apart from the gateway's: from the request handed to the upstream (retry

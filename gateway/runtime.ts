@@ -15,6 +15,7 @@ import { gatewayStatus } from './status.js'
 import { statusPageCsp, statusPageHtml } from './status-page.js'
 import { buildGateway, clientErrorResponse, gatewayLogger, type Gateway, type GatewayOptions } from './server.js'
 import { UpstreamPools } from './upstream.js'
+import { checkWorkers } from './cluster.js'
 
 /** How long a reload waits for the new config's issuers' keys before it gives up (the running config stays). */
 export const RELOAD_JWKS_TIMEOUT = 10_000 // ms
@@ -41,6 +42,8 @@ export interface RuntimeOptions extends Omit<GatewayOptions, 'config' | 'externa
   reloadKeysTimeout?: number
   /** The auth service's key timeline (admin `/keys`) shown by `/status`. @defaultValue the kids of the JWKS only */
   statusKeysUrl?: string
+  /** Gateway processes sharing the public port (GATEWAY_WORKERS): a config each would rate-limit in memory is refused when more than 1. @defaultValue 1 */
+  workers?: number
 }
 
 /** The generation a response was dispatched to (set on the response object). */
@@ -149,12 +152,14 @@ export class GatewayRuntime {
       name: 'portcullis_config_info',
       help: 'The running route file\'s version (as on the admin listener\'s /config): 1 for the running one',
       labelNames: ['version'],
+      aggregator: 'max', // one value over the gateway's workers (a sum would mean nothing)
       registers: [this.#registry]
     })
     this.#info.set({ version: first.version }, 1)
     this.#loaded = new promClient.Gauge({
       name: 'portcullis_config_loaded_timestamp_seconds',
       help: 'When the running route file was loaded (Unix time)',
+      aggregator: 'min', // one value over the gateway's workers (a sum would mean nothing)
       registers: [this.#registry]
     })
     this.#loaded.set(first.loadedAt.getTime() / 1000)
@@ -200,6 +205,7 @@ export class GatewayRuntime {
     const pools = new UpstreamPools()
     const config = loadGatewayConfig(input.configPath)
     checkListenerLimits(input.listener, config)
+    checkWorkers(input.workers ?? 1, config, input.redisUrl)
     // One span exporter for the process, handed to every config's app: a reload neither drops the
     // spans of the old config's last requests nor opens a second exporter.
     const { exportUrl, ...tracing } = input.tracing ?? {}
@@ -247,9 +253,14 @@ export class GatewayRuntime {
     return this.#current.gw
   }
 
+  /** The registries `/metrics` serves: the runtime's own (process, config) and the current config's gateway's. */
+  metricsRegistries (): Registry[] {
+    return [this.#registry, this.#current.gw.app.metricsRegistry]
+  }
+
   async #registerAdmin (): Promise<void> {
     await this.admin.register(admin, {
-      registries: () => [this.#registry, this.#current.gw.app.metricsRegistry],
+      registries: () => this.metricsRegistries(),
       ready: () => {
         if (this.#stopping) return DRAINING_REASON
         const app = this.#current.gw.app
@@ -303,6 +314,7 @@ export class GatewayRuntime {
     try {
       const config = loadGatewayConfig(file)
       checkListenerLimits(this.#opts.listener, config)
+      checkWorkers(this.#opts.workers ?? 1, config, this.#opts.redisUrl)
       const version = configVersion(config)
       if (version === this.#current.version) {
         this.#reloads.inc({ result: 'unchanged' })

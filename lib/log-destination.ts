@@ -11,6 +11,11 @@ export interface BatchedDestinationOptions {
   batch?: number
   /** Longest time a line waits, in ms. @defaultValue 200 */
   flushInterval?: number
+  /**
+   * Most bytes one write(2) carries, cut after a whole line: 4096 (PIPE_BUF) keeps the lines of
+   * several processes writing to one pipe from interleaving mid-line. @defaultValue no limit
+   */
+  maxWrite?: number
   /** Bytes held while the fd refuses writes (EAGAIN); further lines are dropped and counted. @defaultValue 8 MiB */
   maxPending?: number
 }
@@ -36,6 +41,7 @@ export class BatchedDestination {
   /** Producers' renderers of the lines they hold back (see holdBack). */
   readonly #drains: Array<() => void> = []
   #draining = false
+  readonly #maxWrite: number
   readonly #timer: NodeJS.Timeout
   readonly #onExit = (): void => { this.#flushNow() }
 
@@ -43,6 +49,7 @@ export class BatchedDestination {
     this.#fd = opts.fd ?? 1
     this.#batch = opts.batch ?? DEFAULT_LOG_BATCH
     this.#maxPending = opts.maxPending ?? DEFAULT_LOG_MAX_PENDING
+    this.#maxWrite = opts.maxWrite ?? Infinity
     this.#buf = Buffer.allocUnsafe(Math.min(this.#maxPending, this.#batch + 16 * 1024))
     this.#timer = setInterval(() => { this.#flushNow() }, opts.flushInterval ?? DEFAULT_LOG_FLUSH_INTERVAL).unref()
     process.on('exit', this.#onExit)
@@ -110,7 +117,18 @@ export class BatchedDestination {
     if (this.#used === 0) return
     let off = 0
     try {
-      while (off < this.#used) off += writeSync(this.#fd, this.#buf, off, this.#used - off)
+      while (off < this.#used) {
+        let end = this.#used
+        if (end - off > this.#maxWrite) {
+          // up to the last line end that fits; a single longer line goes out as it is
+          end = this.#buf.lastIndexOf(10, off + this.#maxWrite - 1) + 1
+          if (end <= off) {
+            end = this.#buf.indexOf(10, off) + 1
+            if (end <= off || end > this.#used) end = this.#used
+          }
+        }
+        off += writeSync(this.#fd, this.#buf, off, end - off)
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') {
         // the fd is gone (EPIPE, EBADF): nothing can be written to it any more

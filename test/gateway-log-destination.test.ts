@@ -69,3 +69,25 @@ t.test('a reader that stops reading (EAGAIN) loses nothing: the rest is kept, in
   }
   t.equal(got, lines.join(''), 'every line once, in order')
 })
+
+t.test('maxWrite: each write(2) carries whole lines and at most maxWrite bytes (a longer line goes alone, whole)', async (t) => {
+  const fs = await import('node:fs')
+  const writes: string[] = []
+  const { BatchedDestination: Mocked } = await t.mockImport<typeof import('../lib/log-destination.js')>('../lib/log-destination.js', {
+    'node:fs': { ...fs, writeSync: (_fd: number, buf: Buffer, off: number, len: number) => { writes.push(buf.toString('utf8', off, off + len)); return len } }
+  })
+  const dest = new Mocked({ fd: 99, batch: 32 * 1024, maxWrite: 4096, flushInterval: 60_000 })
+  t.teardown(() => { dest.close() })
+  const lines: string[] = []
+  for (let i = 0; i < 300; i++) lines.push(`{"n":${i},"pad":"${'x'.repeat(i === 150 ? 9000 : (i * 37) % 400)}"}\n`)
+  for (const l of lines) dest.write(l)
+  dest.flush()
+  t.equal(writes.join(''), lines.join(''), 'every line, in order')
+  t.ok(writes.length > 8, `${writes.length} writes`)
+  for (const w of writes) {
+    t.ok(w.endsWith('\n'), 'a write ends at a line end')
+    const n = Buffer.byteLength(w)
+    if (n > 4096) t.equal(w.split('\n').length, 2, 'only a single line longer than maxWrite goes over it')
+  }
+  t.ok(writes.some((w) => Buffer.byteLength(w) > 4096), 'the 9,000-byte line went whole')
+})

@@ -61,6 +61,7 @@ export function authMetrics (registry: Registry): AuthMetrics {
       name: 'portcullis_jwks_keys',
       help: 'Verification keys held, per issuer',
       labelNames: ['issuer'],
+      aggregator: 'max', // one value over the gateway's workers (a sum would mean nothing)
       registers
     }),
     staleServed: existing(registry, 'portcullis_jwks_stale_served_total') ?? new promClient.Counter({
@@ -85,18 +86,21 @@ export function authMetrics (registry: Registry): AuthMetrics {
       name: 'portcullis_revocation_set_size',
       help: 'Revocations in force held per issuer (each forgotten once every token it can match has expired)',
       labelNames: ['issuer'],
+      aggregator: 'max', // one value over the gateway's workers (a sum would mean nothing)
       registers
     }),
     revocationFeedUp: existing(registry, 'portcullis_revocation_feed_up') ?? new promClient.Gauge({
       name: 'portcullis_revocation_feed_up',
       help: '1 while the issuer\'s revocation feed is connected and caught up, else 0',
       labelNames: ['issuer'],
+      aggregator: 'min', // one value over the gateway's workers (a sum would mean nothing)
       registers
     }),
     revocationFeedLag: existing(registry, 'portcullis_revocation_feed_lag_seconds') ?? new promClient.Gauge({
       name: 'portcullis_revocation_feed_lag_seconds',
       help: 'Seconds from the issuer recording a revocation to this process receiving it (the last one)',
       labelNames: ['issuer'],
+      aggregator: 'max', // one value over the gateway's workers (a sum would mean nothing)
       registers
     }),
     revocationFeedReconnects: existing(registry, 'portcullis_revocation_feed_reconnects_total') ?? new promClient.Counter({
