@@ -8,6 +8,8 @@ import { Pool } from 'undici'
 import { createServer } from 'node:http'
 import { revocationDigest } from '@portcullis/core'
 import { startTestIssuer } from '../test/helpers/issuer.js'
+import { freePorts } from '../test/helpers/ports.js'
+import { redisReachable, TEST_REDIS_URL } from '../test/helpers/redis.js'
 import { ROOT, compileTargets } from './targets.js'
 
 /**
@@ -34,7 +36,7 @@ const DURATION = Number(process.env.BENCH_DURATION ?? 3) // seconds per measurem
 const CONNECTIONS = 32
 const DISTINCT_FOR_RSS = Number(process.env.BENCH_RSS_TOKENS ?? 100_000)
 const TARGET = 'bench/gateway-target.ts'
-const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss,tracing,revocation,peers').split(','))
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'throughput,fixed,rss,tracing,revocation,peers,workers,scale').split(','))
 /** Command-line V8 flags of the reference run with a fixed heap cap (an alternative to the gateway's own tuning). */
 const CAPPED_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=96']
 
@@ -50,8 +52,8 @@ const UNDER_TEST_CORE = String(CORES - 1)
 const GENERATOR_CORES = CORES === 2 ? '0' : `0-${CORES - 2}`
 
 const children: ChildProcess[] = []
-interface Started { port: number, pid: number, child: ChildProcess, v8: string[] }
-function startTarget (args: string[], env: Record<string, string> = {}, viaTsx = false, flags: string[] = []): Promise<Started> {
+interface Started { port: number, pid: number, child: ChildProcess, v8: string[], /** the process and its workers */ pids: number[] }
+function startTarget (args: string[], env: Record<string, string> = {}, viaTsx = false, flags: string[] = [], pinned = true): Promise<Started> {
   const script = viaTsx ? join(ROOT, 'bench/gateway-target.ts') : join(buildDir, 'bench/gateway-target.js')
   const child = fork(script, args, {
     execArgv: [...(viaTsx ? ['--import', 'tsx'] : []), '--expose-gc', ...flags],
@@ -61,15 +63,16 @@ function startTarget (args: string[], env: Record<string, string> = {}, viaTsx =
   children.push(child)
   return new Promise((resolve, reject) => {
     child.once('message', (m) => {
-      const msg = m as { port: number, v8?: string[] }
-      pin(child.pid!, args[0] === 'upstream' ? GENERATOR_CORES : UNDER_TEST_CORE)
-      resolve({ port: msg.port, pid: child.pid!, child, v8: msg.v8 ?? [] })
+      const msg = m as { port: number, v8?: string[], pids?: number[] }
+      if (pinned) pin(child.pid!, args[0] === 'upstream' ? GENERATOR_CORES : UNDER_TEST_CORE)
+      resolve({ port: msg.port, pid: child.pid!, child, v8: msg.v8 ?? [], pids: [child.pid!, ...(msg.pids ?? [])] })
     })
     child.once('exit', (code) => reject(new Error(`${TARGET} ${args[0]} exited with ${code}`)))
   })
 }
 
-interface Target { name: string, url: string, tokens: string[], pid?: number }
+/** pids: every process of the target (a gateway with workers), whose CPU is summed; xff: X-Forwarded-For values cycled with the tokens (distinct callers). */
+interface Target { name: string, url: string, tokens: string[], pid?: number, pids?: number[], xff?: string[] }
 
 /**
  * HAProxy in front of the upstream, verifying the bearer token (RS256, the issuer's key as PEM) with
@@ -132,17 +135,22 @@ function cpuMicros (pid: number): number {
 
 async function load (t: Target, seconds: number, amount?: number): Promise<Sample> {
   let i = 0
-  const cpu0 = t.pid === undefined ? 0 : cpuMicros(t.pid)
+  const pids = t.pids ?? (t.pid === undefined ? [] : [t.pid])
+  const cpuNow = (): number => pids.reduce((sum, p) => sum + cpuMicros(p), 0)
+  const cpu0 = cpuNow()
+  const xff = t.xff
   const r = await autocannon({
     url: t.url,
     connections: CONNECTIONS,
     ...(amount === undefined ? { duration: seconds } : { amount }),
     requests: [{
       method: 'GET',
-      setupRequest: (req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } })
+      setupRequest: xff === undefined
+        ? (req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i++ % t.tokens.length]!}` } })
+        : (req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${t.tokens[i % t.tokens.length]!}`, 'x-forwarded-for': xff[i++ % xff.length]! } })
     }]
   })
-  const cpu = t.pid === undefined ? NaN : (cpuMicros(t.pid) - cpu0) / Math.max(1, r.requests.total)
+  const cpu = pids.length === 0 ? NaN : (cpuNow() - cpu0) / Math.max(1, r.requests.total)
   return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx + r.errors, cpu }
 }
 
@@ -437,6 +445,60 @@ async function main (): Promise<void> {
     const h = cost['HAProxy 2.6 jwt_verify (1 thread)']
     checks.push(['gateway CPU per request <= 1.0x the bare proxy (cache hits)', g.cpu <= 1.0, `x${fmt(g.cpu, 3)}`])
     if (h !== undefined) checks.push(['gateway CPU per request <= 1.5x HAProxy jwt_verify', g.cpu / h.cpu <= 1.5, `x${fmt(g.cpu / h.cpu, 2)} (gateway x${fmt(g.cpu, 3)}, HAProxy x${fmt(h.cpu, 3)} of the bare proxy)`])
+  }
+
+  if (PHASES.has('workers')) {
+    // `portcullis gateway` itself with 1 and with 2 workers, the CPU of every process of each summed
+    // (primary included). With Redis the limits are shared (required for 2 workers); without, the
+    // route file has none, for both. Two gateways with 2 workers: one with all its processes on the
+    // core under test, like the 1-worker one (what the workers cost per request: coordination), one
+    // free on every core (throughput; on this machine it shares them with the load generator and
+    // the upstream, so it measures that contention too).
+    const redis = await redisReachable()
+    const common: Record<string, string> = redis ? { REDIS_URL: TEST_REDIS_URL } : { BENCH_RATE_LIMIT: 'off' }
+    const [p1, a1, p2, a2, p3, a3] = await freePorts(6) as [number, number, number, number, number, number]
+    const w1 = await startTarget(['cli', upstream, issuer.url], { ...common, GATEWAY_WORKERS: '1', BENCH_PORT: String(p1), BENCH_ADMIN_PORT: String(a1) })
+    const w2 = await startTarget(['cli', upstream, issuer.url], { ...common, GATEWAY_WORKERS: '2', BENCH_PORT: String(p2), BENCH_ADMIN_PORT: String(a2) })
+    for (const p of w2.pids) pin(p, UNDER_TEST_CORE)
+    const w2free = await startTarget(['cli', upstream, issuer.url], { ...common, GATEWAY_WORKERS: '2', BENCH_PORT: String(p3), BENCH_ADMIN_PORT: String(a3) }, false, [], false)
+    console.log(`\nworkers: \`portcullis gateway\` with GATEWAY_WORKERS=1 and =2 (a primary and 2 workers); rate limits ${redis ? 'in Redis (REDIS_URL)' : 'off (no Redis reachable)'}`)
+    const cost = await paired('workers', { name: '1 worker', url: at(w1), tokens: one, pid: w1.pid, pids: w1.pids }, [
+      { name: `2 workers, all on core ${UNDER_TEST_CORE}`, url: at(w2), tokens: one, pid: w2.pid, pids: w2.pids },
+      { name: `2 workers on ${CORES} cores, shared with load`, url: at(w2free), tokens: one, pid: w2free.pid, pids: w2free.pids }
+    ])
+    const same = cost[`2 workers, all on core ${UNDER_TEST_CORE}`]!
+    const free = cost[`2 workers on ${CORES} cores, shared with load`]!
+    console.log(`  the load generator and upstream ran on core ${GENERATOR_CORES}; 2 workers on every core: req/s x${fmt(free.rps, 2)}, CPU per request x${fmt(free.cpu, 2)} (contention with them included)`)
+    checks.push(['2 workers: CPU per request within 1.1x of 1 worker (same core)', same.cpu <= 1.1, `x${fmt(same.cpu, 3)}; on every core with the load generator: throughput x${fmt(free.rps, 2)}, CPU x${fmt(free.cpu, 2)}`])
+    console.log(`  resident memory: 1 worker ${fmt(rssMb(w1.pid))} MB; 2 workers: primary ${fmt(rssMb(w2.pid))} MB, workers ${w2.pids.slice(1).map((p) => `${fmt(rssMb(p))} MB`).join(', ')}`)
+    for (const g of [w1, w2, w2free]) g.child.kill('SIGTERM')
+  }
+
+  if (PHASES.has('scale')) {
+    // Cost as the work grows: 1,000 routes in the route file against 1; then one gateway taking the
+    // caller from X-Forwarded-For (its /api without verification, so the address is the caller), its
+    // limiter fed 100,000 distinct callers, against one caller.
+    const [small, big, proxied] = await Promise.all([gw({}), gw({ BENCH_ROUTES: '1000' }), gw({ BENCH_TRUST_PROXY: '1' })])
+    const routes = await paired('routes', { name: '1 route', url: at(small), tokens: one, pid: small.pid }, [
+      { name: '1,000 routes', url: at(big), tokens: one, pid: big.pid }
+    ])
+    const rssSmall = rssMb(small.pid)
+    const rssBig = rssMb(big.pid)
+    console.log(`  resident memory: 1 route ${fmt(rssSmall)} MB, 1,000 routes ${fmt(rssBig)} MB (+${fmt(rssBig - rssSmall, 1)} MB)`)
+    checks.push(['1,000 routes: CPU per request within 1.1x of 1 route', routes['1,000 routes']!.cpu <= 1.1, `x${fmt(routes['1,000 routes']!.cpu, 3)}, +${fmt(rssBig - rssSmall, 1)} MB`])
+    const CALLERS = 100_000
+    const ips = Array.from({ length: CALLERS }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`)
+    const before = rssMb(proxied.pid)
+    // every caller seen once (the limiter holds them all: its in-memory store keeps 100,000)
+    const fill = await load({ name: 'fill', url: at(proxied), tokens: one, xff: ips }, 0, CALLERS)
+    if (fill.non2xx > 0) throw new Error(`callers: ${fill.non2xx} non-2xx responses`)
+    const after = rssMb(proxied.pid)
+    const callers = await paired('callers', { name: '1 caller', url: at(proxied), tokens: one, pid: proxied.pid, xff: ['10.255.255.254'] }, [
+      { name: '100,000 callers', url: at(proxied), tokens: one, pid: proxied.pid, xff: ips }
+    ])
+    console.log(`  resident memory: ${fmt(before)} MB before, ${fmt(after)} MB with ${CALLERS.toLocaleString('en')} callers in the limiter (+${fmt(after - before, 1)} MB)`)
+    checks.push(['100,000 callers: CPU per request within 1.1x of 1 caller', callers['100,000 callers']!.cpu <= 1.1, `x${fmt(callers['100,000 callers']!.cpu, 3)}, +${fmt(after - before, 1)} MB`])
+    for (const g of [small, big, proxied]) g.child.kill('SIGTERM')
   }
 
   if (PHASES.has('rss')) {

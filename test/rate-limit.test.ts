@@ -125,6 +125,20 @@ t.test('failure budget: expired and missing tokens never spend it; the plugin wi
   t.ok(Number(r.headers['retry-after']) > 0)
 })
 
+t.test('memoryKeys: the in-memory store keeps that many callers, forgetting the least recently seen', async (t) => {
+  const app = Fastify({ logger: false, trustProxy: true })
+  await app.register(rateLimitPlugin, { max: 1, timeWindow: 60_000, memoryKeys: 2, failureBudget: false })
+  app.get('/x', async () => 'ok')
+  t.teardown(() => app.close())
+  const hit = async (ip: string): Promise<number> => (await app.inject({ url: '/x', headers: { 'x-forwarded-for': ip } })).statusCode
+  t.equal(await hit('10.0.0.1'), 200)
+  t.equal(await hit('10.0.0.1'), 429, 'over its budget of 1')
+  t.equal(await hit('10.0.0.2'), 200)
+  t.equal(await hit('10.0.0.3'), 200, 'a third caller: the first, least recently seen, is forgotten')
+  t.equal(await hit('10.0.0.1'), 200, 'so it starts a new window')
+  t.equal(await hit('10.0.0.3'), 429, 'a caller still kept is still counted')
+})
+
 t.test('bad plugin options fail at registration with the option named', async (t) => {
   for (const [opts, re] of [
     [{ max: -1 }, /option "max" must be a non-negative integer/],
@@ -133,7 +147,8 @@ t.test('bad plugin options fail at registration with the option named', async (t
     [{ redis: 'http://x' }, /option "redis" must be a redis:\/\/ or rediss:\/\/ URL/],
     [{ failureBudget: { max: -1 } }, /option "failureBudget.max" must be a non-negative integer/],
     [{ failureBudget: { timeWindow: 0 } }, /option "failureBudget.timeWindow" must be a positive number/],
-    [{ checkOverBudget: 'yes' as unknown as () => Promise<void> }, /option "checkOverBudget" must be a function/]
+    [{ checkOverBudget: 'yes' as unknown as () => Promise<void> }, /option "checkOverBudget" must be a function/],
+    [{ memoryKeys: 0 }, /option "memoryKeys" must be an integer >= 1/]
   ] as const) {
     const app = Fastify({ logger: false })
     await t.rejects(async () => { await app.register(rateLimitPlugin, opts).ready() }, re)

@@ -13,7 +13,7 @@ export { createRedisClient, redisClientOptions, DEFAULT_REDIS_COMMAND_TIMEOUT, t
 
 export const DEFAULT_MAX = 100
 export const DEFAULT_TIME_WINDOW = 60_000 // ms
-export const DEFAULT_LOCAL_CACHE = 10_000 // keys kept by the in-memory store (LRU)
+export const DEFAULT_LOCAL_CACHE = 100_000 // callers (budget and identity) kept by the in-memory store (LRU): ~110 bytes each
 const STORE_WARN_INTERVAL = 10_000 // ms between two "store failed" warnings
 const BLOCKED_MAX = 100_000 // IPs remembered as over their failure budget
 /** Key prefix of the failure budget in the store (route budgets are named by their routes, which start with `/` or a groupId). */
@@ -36,6 +36,11 @@ export interface RateLimitPluginOptions {
   redis?: RedisClient | string
   /** When the store fails: `false` lets requests through (fail open), `true` answers 503. @defaultValue false */
   failClosed?: boolean
+  /**
+   * In-memory store only: the callers (a budget and an identity) it keeps; beyond, the least recently
+   * seen one is forgotten (it starts a new window when it comes back). @defaultValue 100000
+   */
+  memoryKeys?: number
   /** Key namespace in Redis. @defaultValue 'portcullis-rl:' */
   nameSpace?: string
   /** Metrics registry. @defaultValue app.metricsRegistry when the metrics plugin is registered */
@@ -126,7 +131,7 @@ const rateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, opts) 
     redis = opts.redis
   }
   const store: RateLimitStore = redis === undefined
-    ? new MemoryStore(DEFAULT_LOCAL_CACHE)
+    ? new MemoryStore(opts.memoryKeys ?? DEFAULT_LOCAL_CACHE)
     : new BypassingStore(new RedisStore(redis, opts.nameSpace ?? 'portcullis-rl:', { commandTimeout: opts.redisCommandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT }), opts.storeFailureThreshold, opts.storeRetryAfter)
 
   let lastWarn = 0
@@ -273,7 +278,7 @@ function validateOptions (opts: RateLimitPluginOptions): void {
   if (opts.timeWindow !== undefined && !(Number.isFinite(opts.timeWindow) && opts.timeWindow > 0)) {
     throw new Error(`rate-limit plugin: option "timeWindow" must be a positive number of ms, got ${String(opts.timeWindow)}`)
   }
-  for (const name of ['redisCommandTimeout', 'storeFailureThreshold', 'storeRetryAfter'] as const) {
+  for (const name of ['redisCommandTimeout', 'storeFailureThreshold', 'storeRetryAfter', 'memoryKeys'] as const) {
     const v = opts[name]
     if (v !== undefined && !(Number.isInteger(v) && v >= 1)) {
       throw new Error(`rate-limit plugin: option "${name}" must be an integer >= 1, got ${String(v)}`)
