@@ -1,6 +1,6 @@
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { rmSync } from 'node:fs'
+import { cpSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import autocannon from 'autocannon'
 import { startTestIssuer } from '../test/helpers/issuer.js'
@@ -84,7 +84,7 @@ const upstream = `http://127.0.0.1:${up.port}`
 
 interface Target { name: string, args: string[], env: Record<string, string> }
 const gw = (name: string, env: Record<string, string>): Target => ({ name, args: ['gateway', upstream, issuer.url], env })
-const targets: Target[] = [
+const allTargets: Target[] = [
   { name: 'bare http-proxy', args: ['bare', upstream], env: {} },
   gw('gateway, 1,000 tokens (cache hits)', {}),
   gw('gateway, every request a cache miss', { BENCH_TOKEN_CACHE: '0' }),
@@ -92,8 +92,13 @@ const targets: Target[] = [
   gw('gateway - metrics', { BENCH_FEATURES: 'metrics' }),
   gw('gateway - info logs', { BENCH_FEATURES: 'logs' }),
   gw('gateway - verification', { BENCH_FEATURES: 'auth' }),
-  gw('gateway - all four parts', { BENCH_FEATURES: 'auth,logs,metrics,rateLimit' })
+  gw('gateway - all four parts', { BENCH_FEATURES: 'auth,logs,metrics,rateLimit' }),
+  gw('gateway - tracing plugin', { BENCH_FEATURES: 'tracing' })
 ]
+// BENCH_INSTR_TARGETS=name,name: only the targets whose names contain one of these (the bare proxy always, the reference);
+// BENCH_INSTR_KEEP=<dir>: the callgrind files are copied there
+const only = (process.env.BENCH_INSTR_TARGETS ?? '').split(',').filter((x) => x !== '')
+const targets = only.length === 0 ? allTargets : allTargets.filter((t, i) => i === 0 || only.some((o) => t.name.includes(o)))
 
 async function count (t: Target, i: number): Promise<Count> {
   const out = join(buildDir, `callgrind-${i}.out`)
@@ -139,13 +144,23 @@ try {
     console.log(`${t.name.padEnd(40)} ${per(r.handling).padStart(9)} ${(bare / r.handling).toFixed(3).padStart(12)} ${per(r.gc).padStart(6)} ${per(r.jit).padStart(10)}`)
   }
   const full = results[1]!.handling
+  const byName = (name: string): Count | undefined => { const i = targets.findIndex((t) => t.name === name); return i === -1 ? undefined : results[i] }
   console.log('\nper-part cost (full gateway minus the gateway without the part), handling instructions per request:')
-  for (const i of [3, 4, 5, 6, 7]) {
+  for (const [i, t] of targets.entries()) {
+    if (!t.name.startsWith('gateway - ') || t.name === 'gateway - all four parts') continue
     const d = full - results[i]!.handling
-    console.log(`  ${targets[i]!.name.replace('gateway - ', '').padEnd(26)} ${per(d).padStart(8)}  (${(d / full * 100).toFixed(1)}% of the gateway's)`)
+    console.log(`  ${t.name.replace('gateway - ', '').padEnd(26)} ${per(d).padStart(8)}  (${(d / full * 100).toFixed(1)}% of the gateway's)`)
   }
-  console.log(`  ${'gateway without the four'.padEnd(26)} ${per(results[7]!.handling - bare).padStart(8)}  over the bare proxy (routing hooks, header hygiene, request id, breaker)`)
-  console.log(`  ${'a cache miss over a hit'.padEnd(26)} ${per(results[2]!.handling - full).padStart(8)}  (valgrind's CPU has no AVX-512: OpenSSL takes a longer path than natively)`)
+  const four = byName('gateway - all four parts')
+  if (four !== undefined) console.log(`  ${'gateway without the four'.padEnd(26)} ${per(four.handling - bare).padStart(8)}  over the bare proxy (routing hooks, header hygiene, request id, breaker)`)
+  const miss = byName('gateway, every request a cache miss')
+  if (miss !== undefined) console.log(`  ${'a cache miss over a hit'.padEnd(26)} ${per(miss.handling - full).padStart(8)}  (valgrind's CPU has no AVX-512: OpenSSL takes a longer path than natively)`)
+  const keep = process.env.BENCH_INSTR_KEEP
+  if (keep !== undefined) {
+    // the callgrind files, for callgrind_annotate (per-function counts)
+    for (const [i, t] of targets.entries()) cpSync(join(buildDir, `callgrind-${i}.out.1`), join(keep, `${t.name.replace(/[^a-z0-9]+/gi, '-')}.callgrind`))
+    console.log(`callgrind files in ${keep}`)
+  }
 } finally {
   for (const c of children) c.kill('SIGTERM')
   await issuer.close()
