@@ -73,7 +73,7 @@ t.test('a reader that stops reading (EAGAIN) loses nothing: the rest is kept, in
 t.test('maxWrite: each write(2) carries whole lines and at most maxWrite bytes (a longer line goes alone, whole)', async (t) => {
   const fs = await import('node:fs')
   const writes: string[] = []
-  const { BatchedDestination: Mocked } = await t.mockImport<typeof import('../lib/log-destination.js')>('../lib/log-destination.js', {
+  const { BatchedDestination: Mocked } = await t.mockImport<{ BatchedDestination: typeof BatchedDestination }>('../lib/log-destination.js', {
     'node:fs': { ...fs, writeSync: (_fd: number, buf: Buffer, off: number, len: number) => { writes.push(buf.toString('utf8', off, off + len)); return len } }
   })
   const dest = new Mocked({ fd: 99, batch: 32 * 1024, maxWrite: 4096, flushInterval: 60_000 })
