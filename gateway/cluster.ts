@@ -157,7 +157,10 @@ export async function runPrimary (opts: PrimaryOptions): Promise<number> {
         slot.failures = 0
         countListening()
         log.info({ worker: slot.index, pid: worker.process.pid }, 'gateway worker listening')
-        if (!booted && slots.every((s) => s.listening)) bootDone()
+        if (!booted && slots.every((s) => s.listening)) {
+          booted = true
+          bootDone()
+        }
       } else if (m?.type === 'portcullis:answer' && m.id !== undefined) {
         const p = pending.get(m.id)
         if (p === undefined) return
@@ -211,15 +214,16 @@ export async function runPrimary (opts: PrimaryOptions): Promise<number> {
   const shutdown = async (signal: string | undefined): Promise<void> => {
     stopping = true
     process.removeListener('SIGHUP', onHangup)
-    const alive = slots.flatMap((s) => s.worker !== undefined && s.worker.process.exitCode === null && s.worker.process.signalCode === null ? [s.worker] : [])
+    const alive = slots.flatMap((s) => s.worker !== undefined && s.worker.process.exitCode === null && s.worker.process.signalCode === null ? [{ w: s.worker, listening: s.listening }] : [])
     log.info({ signal, workers: alive.length }, 'shutting down: every worker drains its requests')
-    await Promise.all(alive.map(async (w) => {
+    await Promise.all(alive.map(async ({ w, listening }) => {
       const exited = new Promise<void>((resolve) => { if (w.process.exitCode !== null || w.process.signalCode !== null) resolve(); else w.once('exit', () => { resolve() }) })
       // asked over the channel, so a worker that got the signal itself too (a service manager may
-      // signal the whole group) drains once instead of taking the second signal as "exit now"
+      // signal the whole group) drains once instead of taking the second signal as "exit now"; a
+      // worker still starting does not listen to the channel yet, so it gets the signal
       const sig = signal ?? 'SIGTERM'
       try {
-        if (w.isConnected()) w.send({ type: 'portcullis:stop', signal: sig })
+        if (listening && w.isConnected()) w.send({ type: 'portcullis:stop', signal: sig })
         else w.process.kill(sig as NodeJS.Signals)
       } catch {
         w.process.kill(sig as NodeJS.Signals)
@@ -240,7 +244,6 @@ export async function runPrimary (opts: PrimaryOptions): Promise<number> {
     await listenOn(admin, opts.adminHost, opts.adminPort, 'GATEWAY_ADMIN_PORT')
     for (const s of slots) fork(s)
     await boot
-    booted = true
   } catch (err) {
     grace.uninstall()
     await shutdown(undefined)

@@ -295,6 +295,7 @@ async function runWorker (s: GatewaySettings): Promise<number> {
     await rt.listen(s.host, s.port, 'GATEWAY_PORT')
   } catch (err) {
     await rt.close()
+    process.channel?.unref() // the channel to the primary would keep this process up after the error
     throw err
   }
   serveWorker(rt, stop)

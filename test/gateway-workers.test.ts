@@ -2,7 +2,10 @@ import t, { type Test } from 'tap'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { request } from 'undici'
 import { workersFromEnv, checkWorkers } from '../gateway/cluster.js'
@@ -10,6 +13,7 @@ import { parseGatewayConfig } from '../gateway/config.js'
 import { echoUpstream, type EchoUpstream } from './helpers/upstream.js'
 import { startGatewayProcess, type GatewayProcess } from './helpers/gateway-process.js'
 import { redisSkip, TEST_REDIS_URL } from './helpers/redis.js'
+import { freePorts } from './helpers/ports.js'
 
 /**
  * GATEWAY_WORKERS > 1: `portcullis gateway` as a primary with node:cluster workers sharing the
@@ -90,6 +94,32 @@ t.test('2 workers with in-memory rate limits: the start is refused naming GATEWA
   const check = spawnSync(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway', '--check'], { env, encoding: 'utf8', timeout: 60_000 })
   t.equal(check.status, 1)
   t.match(check.stdout + check.stderr, /GATEWAY_WORKERS/)
+})
+
+t.test('a worker that cannot start stops the boot: exit 1 naming the setting, no process left', async (t) => {
+  const busy = createServer()
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { busy.close() })
+  const port = (busy.address() as AddressInfo).port
+  const [adminPort] = await freePorts(1) as [number]
+  const file = routeFile(t, { rateLimit: false, routes: [{ prefix: '/a', upstream: 'http://127.0.0.1:1', auth: false }] })
+  const child = spawn(process.execPath, ['--import', 'tsx', 'cli/portcullis.ts', 'gateway'], {
+    env: { ...process.env, GATEWAY_WORKERS: '2', GATEWAY_CONFIG: file, GATEWAY_PORT: String(port), GATEWAY_ADMIN_PORT: String(adminPort) },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { out += d.toString() })
+  const timer = setTimeout(() => { child.kill('SIGKILL') }, 60_000)
+  const [code] = await once(child, 'exit') as [number | null]
+  clearTimeout(timer)
+  t.equal(code, 1, 'exit 1')
+  t.match(out, /GATEWAY_PORT/, 'the error names the setting')
+  t.match(out, /gateway worker \d exited .* before it listened/, 'the primary says which worker')
+  t.notMatch(out, /"gateway ready"/)
+  const pids = [...out.matchAll(/"pid":(\d+)/g)].map((m) => Number(m[1]))
+  await sleep(500)
+  t.same(pids.filter(alive), [], 'no process left')
 })
 
 t.test('2 workers: one aggregated scrape, reload reaches both, a killed worker is replaced, SIGTERM drains both', async (t) => {
