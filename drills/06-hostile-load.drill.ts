@@ -23,7 +23,7 @@
 import { readFileSync } from 'node:fs'
 import { startTestIssuer } from '../test/helpers/issuer.js'
 import { Drill } from './lib/summary.js'
-import { closedLoop, ms1, percentile, sleep, summarize, type Sample } from './lib/closed-loop.js'
+import { closedLoop, median, ms1, percentile, sleep, summarize, type Sample } from './lib/closed-loop.js'
 import { startToyUpstream } from './lib/toy-upstream.js'
 import { startGateway, stopAll } from './lib/processes.js'
 import { pinToCpus, type HeldStats } from './lib/hostile.js'
@@ -215,7 +215,8 @@ await new Drill('06-hostile-load').run(async (d) => {
   // each attacked window against the two alone beside it, the median of those: a burst of the
   // shared host's load (seen: the machine 1.6-3x slower for seconds) falls on a few windows only
   const local = windows.flatMap((w, i) => w.attack ? [rps(w.samples) / ((rps(windows[i - 1]!.samples) + rps(windows[i + 1]!.samples)) / 2)] : [])
-  const ratio = percentile(local, 50)
+  // a true median: with six windows the nearest-rank 50th percentile is the lower of the two middle ones
+  const ratio = median(local)
   d.figure('local_ratios', local.map((r) => r.toFixed(2)).join('/'))
   d.figure('rps_windows', windows.map((w) => `${w.attack ? 'A' : 'N'}${rps(w.samples).toFixed(0)}`).join('/'))
   d.figure('base_rps', baseRps.toFixed(0))

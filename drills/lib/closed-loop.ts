@@ -101,6 +101,14 @@ export function percentile (values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
 }
 
+/** The median of `values` (the mean of the two middle ones for an even count); NaN when empty. */
+export function median (values: number[]): number {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
 /** Answers by status (and code): `812x 200, 3x 503 PORTCULLIS_CIRCUIT_OPEN`, or `none`. */
 export function summarize (ss: Sample[]): string {
   const by = new Map<string, number>()
