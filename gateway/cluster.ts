@@ -6,7 +6,7 @@ import closeWithGrace from 'close-with-grace'
 import type { Logger } from 'pino'
 import { collectProcessMetrics, promClient } from '@portcullis/metrics'
 import { ConfigError } from '../lib/errors.js'
-import type { Env } from '../lib/env.js'
+import { envInt, type Env } from '../lib/env.js'
 import { listenOn } from '../lib/listen.js'
 import type { GatewayConfig } from './config.js'
 import type { GatewayRuntime, ReloadResult, ReloadTrigger } from './runtime.js'
@@ -22,13 +22,8 @@ export const WORKER_LOG_MAX_WRITE = 4096
 
 /** GATEWAY_WORKERS: a whole number from 1 to MAX_WORKERS, or `auto` (the available cores). */
 export function workersFromEnv (env: Env): number {
-  const v = env.GATEWAY_WORKERS?.trim() ?? ''
-  if (v === '') return 1
-  if (v === 'auto') return Math.min(MAX_WORKERS, availableParallelism())
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_WORKERS) {
-    throw new ConfigError('GATEWAY_WORKERS', `expected a whole number from 1 to ${MAX_WORKERS} or "auto", got "${v}"`)
-  }
-  return Number(v)
+  if (env.GATEWAY_WORKERS?.trim() === 'auto') return Math.min(MAX_WORKERS, availableParallelism())
+  return envInt(env, 'GATEWAY_WORKERS', 1, { min: 1, max: MAX_WORKERS })
 }
 
 /**

@@ -13,7 +13,7 @@ import { loadGatewayConfig, type GatewayConfig } from './config.js'
 import { buildGateway, DEFAULT_HSTS_MAX_AGE, gatewayLogger, type Gateway, type GatewayOptions } from './server.js'
 import { checkWorkers, isGatewayWorker, runPrimary, serveWorker, workerLogMaxWrite, workersFromEnv } from './cluster.js'
 import { BatchedDestination } from '../lib/log-destination.js'
-import { GatewayRuntime, type RuntimeOptions } from './runtime.js'
+import { GatewayRuntime, loadRouteFile, type RuntimeOptions } from './runtime.js'
 import { checkProblems, envProblems, reportCheck } from '../lib/check.js'
 import { DEFAULT_DRAIN_DELAY } from '../lib/drain.js'
 import { applyMemoryTuning, MEMORY_TUNING_FLAGS } from './tuning.js'
@@ -215,9 +215,7 @@ export async function run (argv: string[]): Promise<number> {
   const worker = isGatewayWorker()
   if (s.workers > 1 && !worker) {
     // the primary: every setting and the route file checked before a worker starts
-    const config = loadGatewayConfig(s.configPath)
-    checkListenerLimits(s.listener, config)
-    checkWorkers(s.workers, config, s.redisUrl)
+    const config = loadRouteFile(s.configPath, s.listener, s.workers, s.redisUrl)
     cluster.setupPrimary({ execArgv: process.execArgv })
     const logger = gatewayLogger()
     const code = await runPrimary({ workers: s.workers, adminHost: s.adminHost, adminPort: s.adminPort, drainDelay: s.drainDelay, shutdownGrace: s.shutdownGrace, logger })

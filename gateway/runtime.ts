@@ -62,6 +62,17 @@ interface Generation {
   closed?: Promise<void>
 }
 
+/**
+ * Reads the route file and checks it against the process's settings: the listener's timeouts and the
+ * workers' rate-limit rule. Every start and reload (and a primary before its workers) goes through it.
+ */
+export function loadRouteFile (path: string, listener: ListenerLimits, workers = 1, redisUrl?: string): GatewayConfig {
+  const config = loadGatewayConfig(path)
+  checkListenerLimits(listener, config)
+  checkWorkers(workers, config, redisUrl)
+  return config
+}
+
 /** A short, stable version of a loaded config: the first 12 hex digits of the SHA-256 of its canonical JSON. */
 export function configVersion (config: GatewayConfig): string {
   return createHash('sha256').update(canonicalJson(config)).digest('hex').slice(0, 12)
@@ -203,9 +214,7 @@ export class GatewayRuntime {
   static async start (input: RuntimeOptions): Promise<GatewayRuntime> {
     const logger = input.logger ?? gatewayLogger()
     const pools = new UpstreamPools()
-    const config = loadGatewayConfig(input.configPath)
-    checkListenerLimits(input.listener, config)
-    checkWorkers(input.workers ?? 1, config, input.redisUrl)
+    const config = loadRouteFile(input.configPath, input.listener, input.workers, input.redisUrl)
     // One span exporter for the process, handed to every config's app: a reload neither drops the
     // spans of the old config's last requests nor opens a second exporter.
     const { exportUrl, ...tracing } = input.tracing ?? {}
@@ -312,9 +321,7 @@ export class GatewayRuntime {
     if (this.#stopping) return { result: 'failure', version: this.version, error: 'the gateway is shutting down' }
     let gw: Gateway | undefined
     try {
-      const config = loadGatewayConfig(file)
-      checkListenerLimits(this.#opts.listener, config)
-      checkWorkers(this.#opts.workers ?? 1, config, this.#opts.redisUrl)
+      const config = loadRouteFile(file, this.#opts.listener, this.#opts.workers, this.#opts.redisUrl)
       const version = configVersion(config)
       if (version === this.#current.version) {
         this.#reloads.inc({ result: 'unchanged' })

@@ -14,6 +14,7 @@ import { echoUpstream, type EchoUpstream } from './helpers/upstream.js'
 import { startGatewayProcess, type GatewayProcess } from './helpers/gateway-process.js'
 import { redisSkip, TEST_REDIS_URL } from './helpers/redis.js'
 import { freePorts } from './helpers/ports.js'
+import { gone } from './helpers/stack.js'
 
 /**
  * GATEWAY_WORKERS > 1: `portcullis gateway` as a primary with node:cluster workers sharing the
@@ -53,14 +54,7 @@ function workerPids (gw: GatewayProcess): Map<number, number> {
   return pids
 }
 
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
+const alive = (pid: number): boolean => !gone(pid)
 
 function metric (text: string, line: RegExp): number | undefined {
   const m = text.split('\n').find((l) => line.test(l))
