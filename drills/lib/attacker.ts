@@ -14,8 +14,8 @@ export interface AttackConfig {
   flood?: { path: string, claims: Record<string, unknown>, concurrency: number, pauseMs: number }
   /** Malformed-header requests (a valid token for the variants that need one). */
   malformed?: { token: string, concurrency: number, pauseMs: number }
-  /** Held connections: silent, idle after one request (`idleRequest`), slow headers (to `slowPath`). */
-  held?: { silent: number, idle: number, slow: number, idleRequest: string, slowPath: string }
+  /** Held connections: silent, idle after one request (`idleRequest`), slow headers (to `slowPath`); each kind opened evenly over `spreadMs` when given. */
+  held?: { silent: number, idle: number, slow: number, idleRequest: string, slowPath: string, spreadMs?: number }
   /** Stops by itself after this long whatever happens. */
   maxMs: number
   /** Run on this CPU only (taskset), so the attacker's own work does not take the measured processes' CPU. */
@@ -91,11 +91,11 @@ async function runAttack (c: AttackConfig, stopped: Promise<void>, gate: Gate): 
   const held = c.held === undefined
     ? []
     : [
-        holdConnections({ port: c.port, count: c.held.silent, kind: 'silent' }),
-        holdConnections({ port: c.port, count: c.held.idle, kind: 'idle-after-request', request: c.held.idleRequest }),
-        holdConnections({ port: c.port, count: c.held.slow, kind: 'slow-headers', path: c.held.slowPath })
+        holdConnections({ port: c.port, count: c.held.silent, kind: 'silent', spreadMs: c.held.spreadMs }),
+        holdConnections({ port: c.port, count: c.held.idle, kind: 'idle-after-request', request: c.held.idleRequest, spreadMs: c.held.spreadMs }),
+        holdConnections({ port: c.port, count: c.held.slow, kind: 'slow-headers', path: c.held.slowPath, spreadMs: c.held.spreadMs })
       ]
-  // ready once every held connection was opened (batches of 50 every 20 ms)
+  // ready once every held connection was opened
   const total = c.held === undefined ? 0 : c.held.silent + c.held.idle + c.held.slow
   void (async () => {
     while (held.reduce((n, h) => n + h.stats.opened, 0) < total) await new Promise((resolve) => setTimeout(resolve, 20))

@@ -132,12 +132,14 @@ export interface HeldStats {
 }
 
 /**
- * Holds `count` connections of one kind to 127.0.0.1:port, opened in batches of 50 every 20 ms;
+ * Holds `count` connections of one kind to 127.0.0.1:port, opened in batches every 20 ms: 50 a batch,
+ * or evenly over `spreadMs` (opened at once, they are closed at once, reopened at once, and the
+ * server's work comes in waves a timeout apart; spread, it is as steady as the churn itself);
  * each one the server closes is opened again until `stop()` (which destroys the rest and resolves
  * once every socket is gone). `request` is the raw request an idle-after-request connection sends
  * (it must be kept alive); slow-header connections send a request line, then one header line a second.
  */
-export function holdConnections (o: { port: number, count: number, kind: HeldKind, request?: string, path?: string }): { stats: HeldStats, stop: () => Promise<void> } {
+export function holdConnections (o: { port: number, count: number, kind: HeldKind, request?: string, path?: string, spreadMs?: number }): { stats: HeldStats, stop: () => Promise<void> } {
   const stats: HeldStats = { kind: o.kind, opened: 0, lifetimes: [], answers: {}, errors: {}, peak: 0 }
   const open = new Set<Socket>()
   const waitingSince = new Map<Socket, number>()
@@ -183,8 +185,9 @@ export function holdConnections (o: { port: number, count: number, kind: HeldKin
     })
   }
   let opened = 0
+  const batch = o.spreadMs === undefined ? 50 : Math.max(1, Math.ceil(o.count * 20 / o.spreadMs))
   const batches = setInterval(() => {
-    for (let i = 0; i < 50 && opened < o.count; i++, opened++) one()
+    for (let i = 0; i < batch && opened < o.count; i++, opened++) one()
     if (opened >= o.count) clearInterval(batches)
   }, 20)
   if (o.kind === 'slow-headers') {
