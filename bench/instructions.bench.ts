@@ -86,6 +86,7 @@ interface Target { name: string, args: string[], env: Record<string, string> }
 const gw = (name: string, env: Record<string, string>): Target => ({ name, args: ['gateway', upstream, issuer.url], env })
 const allTargets: Target[] = [
   { name: 'bare http-proxy', args: ['bare', upstream], env: {} },
+  { name: 'Fastify route + undici Pool.request (lean)', args: ['lean', upstream], env: {} },
   gw('gateway, 1,000 tokens (cache hits)', {}),
   gw('gateway, every request a cache miss', { BENCH_TOKEN_CACHE: '0' }),
   gw('gateway - rate limit', { BENCH_FEATURES: 'rateLimit' }),
