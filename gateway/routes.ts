@@ -1,17 +1,21 @@
 import { performance } from 'node:perf_hooks'
-import httpProxy from '@fastify/http-proxy'
+import replyFrom from '@fastify/reply-from'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { CircuitBreaker, BREAKER_STATE_VALUE } from './breaker.js'
-import { CircuitOpenError } from './errors.js'
+import { BadPathError, CircuitOpenError } from './errors.js'
 import { downstreamHeaders, kUpstreamSpan, upstreamHeaders } from './headers.js'
 import { RETRYABLE_CODES, UPSTREAM_ERROR_KINDS, UpstreamPools, classify, clientError, countsAgainstBreaker, errorCode } from './upstream.js'
 import { collectHotCounts, promClient } from '@portcullis/metrics'
 import { GATEWAY_BUCKETS, hotHistogram, type HotHistogram } from './hot-histogram.js'
 import type { GatewayConfig, RouteConfig } from './config.js'
 import type { Pool } from 'undici'
+import type { IncomingHttpHeaders } from 'node:http'
+import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { ChildSpan } from '@portcullis/tracing'
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
+/** A route without `methods` takes these. */
+const DEFAULT_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS']
 const kProbe = Symbol('portcullis.breakerProbe')
 const kUpstreamStart = Symbol('portcullis.upstreamStart')
 
@@ -57,9 +61,100 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
   }
 }
 
+/** A reference with a scheme (`http:`) or an authority (`//host`): never a path on the route's upstream. */
+const ABSOLUTE = /^([a-zA-Z][a-zA-Z\d+.-]*:|\/\/)/
+/** Characters an HTTP header value may not hold (HTAB, SP to ~ and obs-text may). */
+const NOT_HEADER_VALUE = /[^\t\x20-\x7E\x80-\xFF]/g
+
 /**
- * One `@fastify/http-proxy` registration per route, each with a keep-alive undici pool, the route's
- * timeouts, the upstream's circuit breaker, header hygiene and one consistent error shape.
+ * The path prefix of a route on its upstream: `rewritePrefix`, else the upstream URL's own path,
+ * without a trailing slash (`/api` on `http://up/` forwards `/api/x` as `/x`, on `http://up/v2/` as `/v2/x`).
+ */
+export function upstreamBase (upstream: string, rewritePrefix: string | undefined): string {
+  const base = rewritePrefix !== undefined && rewritePrefix !== '' ? rewritePrefix : new URL(upstream).pathname
+  return base.endsWith('/') ? base.slice(0, -1) : base
+}
+
+/**
+ * Where the router's match of `prefix` ends in the raw path: the router matched the percent-decoded
+ * path, so a prefix spelled with escapes (`/%70ub` for `/pub`) is decoded one character at a time.
+ * -1 when it does not line up.
+ */
+function rawPrefixLength (path: string, prefix: string): number {
+  if (path.startsWith(prefix)) return prefix.length
+  let i = 0
+  let decoded = ''
+  while (i < path.length) {
+    let len: number
+    let ch: string
+    if (path[i] === '%') {
+      // a percent-encoded UTF-8 character is up to four escapes
+      len = 3
+      for (;;) {
+        try {
+          ch = decodeURI(path.slice(i, i + len))
+          break
+        } catch {
+          if (len === 12 || path[i + len] !== '%') return -1
+          len += 3
+        }
+      }
+    } else {
+      len = path.codePointAt(i)! > 0xffff ? 2 : 1
+      ch = path.slice(i, i + len)
+    }
+    decoded += ch
+    i += len
+    if (decoded === prefix) return i
+    if (decoded.length >= prefix.length) return -1
+  }
+  return -1
+}
+
+/**
+ * The path (without the query: reply-from appends the client's own) a request goes to on its
+ * upstream: the upstream's base path, then what follows the prefix in the raw path, its escapes
+ * kept. Undefined for a path the upstream must not get: an absolute or protocol-relative reference
+ * (`/api//evil.example/x` under a root upstream), or one that would leave the base path
+ * (`/api;x` onto `/v2`). Dot segments, backslashes and bad escapes were refused before any route ran.
+ */
+export function upstreamPath (url: string, prefix: string, base: string): string | undefined {
+  const q = url.indexOf('?')
+  const path = q === -1 ? url : url.slice(0, q)
+  const n = rawPrefixLength(path, prefix)
+  if (n === -1) return undefined
+  const rest = path.slice(n)
+  const dest = base + rest
+  if (ABSOLUTE.test(dest)) return undefined
+  // within the base path: the base itself, or below it
+  if (rest !== '' && rest[0] !== '/' && rest[0] !== '#' && base !== '') return undefined
+  // reply-from takes an empty destination for "the client's own path": the base is the root then
+  return dest === '' ? '/' : dest
+}
+
+/** Invalid characters of an upstream's header values dropped, so a bad value cannot fail the response. */
+function sanitizeHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  for (const name in headers) {
+    const v = headers[name]
+    if (typeof v === 'string') {
+      if (NOT_HEADER_VALUE.test(v)) headers[name] = v.replace(NOT_HEADER_VALUE, '')
+      NOT_HEADER_VALUE.lastIndex = 0
+    } else if (Array.isArray(v)) {
+      headers[name] = v.map((x) => x.replace(NOT_HEADER_VALUE, ''))
+    }
+  }
+  return headers
+}
+
+/** A request body goes to the upstream as the stream it is, whatever its type: the gateway never parses it. */
+function passBody (_request: FastifyRequest, payload: unknown, done: (err: Error | null, body?: unknown) => void): void {
+  done(null, payload)
+}
+
+/**
+ * One encapsulated context per route, on the route's prefix: `@fastify/reply-from` on a keep-alive
+ * undici pool with the route's timeouts, the prefix and everything below it (the route's methods),
+ * the upstream's circuit breaker, header hygiene and one consistent error shape.
  * Only the configured prefixes exist: any other path is a 404 from the router and is never proxied.
  */
 export async function registerRoutes (app: FastifyInstance, config: GatewayConfig, opts: RouteOptions = {}): Promise<Set<Pool>> {
@@ -130,63 +225,71 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
     }
 
     await app.register(async (scope) => {
-      await scope.register(httpProxy, {
-        upstream: route.upstream,
-        prefix: route.prefix,
-        rewritePrefix: route.rewritePrefix,
-        httpMethods: route.methods,
-        undici: pool,
-        disableRequestLogging: true,
-        config: routeConfig(route),
-        // The breaker decides last, after authentication, authorization and rate limiting, so a
-        // refused request never takes the half-open probe slot.
-        handler: (request, reply, dest, options) => {
-          const a = breaker.tryAcquire()
-          if (!a.allowed) {
-            upstreamErrors.inc({ upstream: origin, kind: 'circuit_open' })
-            reply.header('retry-after', a.retryAfter)
-            throw new CircuitOpenError()
-          }
-          if (a.probe) request[kProbe] = breaker
-          request[kUpstreamStart] = performance.now()
-          if (spans !== undefined) {
-            request[kUpstreamSpan] = spans.startChild(request, `${request.method} ${route.name}`, 'client', {
-              'http.request.method': request.method, 'server.address': origin, 'portcullis.route': route.name
-            })
-          }
-          // http-proxy hands over an empty destination for the bare prefix with a query string
-          // (`/api?x=1`: it appends the query before its `|| '/'` fallback, then strips it again);
-          // reply-from would then forward the client's own path, prefix and all (`/api?x=1`)
-          return reply.from(dest === '' ? '/' : dest, options)
+      // the origin only: every destination below is a path from the root (a base URL with a path
+      // ending in `/` made reply-from refuse its own bare path, `/base` under `http://up/base/`, with a 500)
+      await scope.register(replyFrom, { base: origin, undici: pool, disableRequestLogging: true })
+      scope.addContentTypeParser('application/json', passBody)
+      scope.addContentTypeParser('*', passBody)
+      // the root prefix matches every path: the upstream then gets its base path and the whole path
+      const prefix = route.prefix === '/' ? '' : route.prefix
+      const base = upstreamBase(route.upstream, route.rewritePrefix)
+      const replyOptions: FastifyReplyFromHooks = {
+        rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers, request.user),
+        rewriteHeaders: (headers) => {
+          // a redirect within the upstream's base path points under the route's prefix
+          const location = headers.location
+          if (typeof location === 'string' && location !== '' && !/^https?:\/\//.test(location)) headers.location = location.replace(base, prefix)
+          return sanitizeHeaders(downstreamHeaders(headers))
         },
-        replyOptions: {
-          rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers, request.user),
-          rewriteHeaders: (headers) => downstreamHeaders(headers),
-          retryDelay: ({ err, req, attempt }) => {
-            const code = errorCode(err)
-            const hasBody = req.body !== undefined && req.body !== null && req.body !== ''
-            return attempt === 0 && code !== undefined && RETRYABLE_CODES.has(code) && IDEMPOTENT.has(req.method) && !hasBody ? 1 : null
-          },
-          onResponse: (request, reply, res) => {
-            upstreamTime(reply.statusCode).observe((performance.now() - request[kUpstreamStart]) / 1000)
-            request[kUpstreamSpan]?.end(reply.statusCode)
-            breaker.success()
-            if (request[kProbe] !== undefined) request[kProbe] = undefined
-            void reply.send(res.stream)
-          },
-          onError: (reply, { error }) => {
-            const kind = classify(error)
-            upstreamErrors.inc({ upstream: origin, kind })
-            reply.request[kUpstreamSpan]?.end(undefined, error)
-            // The gateway out of file descriptors is no fault of the upstream: it must not open a
-            // healthy upstream's breaker (the probe slot, if taken, is released below).
-            if (countsAgainstBreaker(kind)) breaker.failure()
-            if (reply.request[kProbe] !== undefined) reply.request[kProbe] = undefined
-            void (reply as FastifyReply).send(clientError(kind, error))
-          }
+        retryDelay: ({ err, req, attempt }) => {
+          const code = errorCode(err)
+          const hasBody = req.body !== undefined && req.body !== null && req.body !== ''
+          return attempt === 0 && code !== undefined && RETRYABLE_CODES.has(code) && IDEMPOTENT.has(req.method) && !hasBody ? 1 : null
+        },
+        onResponse: (request, reply, res) => {
+          upstreamTime(reply.statusCode).observe((performance.now() - request[kUpstreamStart]) / 1000)
+          request[kUpstreamSpan]?.end(reply.statusCode)
+          breaker.success()
+          if (request[kProbe] !== undefined) request[kProbe] = undefined
+          void reply.send(res.stream)
+        },
+        onError: (reply, { error }) => {
+          const kind = classify(error)
+          upstreamErrors.inc({ upstream: origin, kind })
+          reply.request[kUpstreamSpan]?.end(undefined, error)
+          // The gateway out of file descriptors is no fault of the upstream: it must not open a
+          // healthy upstream's breaker (the probe slot, if taken, is released below).
+          if (countsAgainstBreaker(kind)) breaker.failure()
+          if (reply.request[kProbe] !== undefined) reply.request[kProbe] = undefined
+          void (reply as FastifyReply).send(clientError(kind, error))
         }
-      })
-    })
+      }
+      // The breaker decides last, after authentication, authorization and rate limiting, so a
+      // refused request never takes the half-open probe slot.
+      const handler = (request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+        const dest = upstreamPath(request.url, prefix, base)
+        if (dest === undefined) throw new BadPathError()
+        const a = breaker.tryAcquire()
+        if (!a.allowed) {
+          upstreamErrors.inc({ upstream: origin, kind: 'circuit_open' })
+          reply.header('retry-after', a.retryAfter)
+          throw new CircuitOpenError()
+        }
+        if (a.probe) request[kProbe] = breaker
+        request[kUpstreamStart] = performance.now()
+        if (spans !== undefined) {
+          request[kUpstreamSpan] = spans.startChild(request, `${request.method} ${route.name}`, 'client', {
+            'http.request.method': request.method, 'server.address': origin, 'portcullis.route': route.name
+          })
+        }
+        return reply.from(dest, replyOptions)
+      }
+      const config = routeConfig(route)
+      // the prefix itself and everything below it (`/api/` too: the wildcard matches an empty rest);
+      // Fastify would register the prefix with a trailing slash as a third route (~10 KB a route)
+      scope.route({ url: '/', method: route.methods ?? DEFAULT_METHODS, config, handler, prefixTrailingSlash: 'no-slash' })
+      scope.route({ url: '/*', method: route.methods ?? DEFAULT_METHODS, config, handler })
+    }, { prefix: route.prefix })
   }
   return used
 }

@@ -1,4 +1,5 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -7,6 +8,7 @@ import t, { type Test } from 'tap'
 import { buildGateway, gatewayLogger, type Gateway } from '../gateway/server.js'
 import { loadGatewayConfig, parseGatewayConfig } from '../gateway/config.js'
 import { DEFAULT_CONFIG_PATH } from '../gateway/main.js'
+import { upstreamBase, upstreamPath } from '../gateway/routes.js'
 import { echoUpstream, rawRequest, type EchoUpstream } from './helpers/upstream.js'
 import { startTestIssuer } from './helpers/issuer.js'
 import { logSink } from './helpers/log-sink.js'
@@ -53,6 +55,76 @@ t.test('routes by prefix, rewrites to the upstream path, 404s everything else wi
   t.notMatch(m.body, /items\/1/, 'raw URLs are never labels')
   t.equal((await rawRequest(base, '/metrics')).status, 404, 'no /metrics on the public listener')
   t.equal((await rawRequest(base, '/health/ready')).status, 404, 'no health routes on the public listener')
+})
+
+t.test('upstream paths: an upstream URL ending in a slash, rewritePrefix, a root prefix, escaped prefixes; never another host', async (t) => {
+  const { base, a, b } = await start(t, (a, b) => [
+    { prefix: '/slash', upstream: `${a.url}/base/`, auth: false },
+    { prefix: '/rw', upstream: `${a.url}/ignored`, rewritePrefix: '/other', auth: false },
+    { prefix: '/plain', upstream: a.url, auth: false },
+    { prefix: '/', upstream: `${b.url}/root`, auth: false }
+  ])
+  const cases: Array<[string, number, string, string]> = [
+    // path asked, status, upstream, path the upstream got
+    ['/slash', 200, 'a', '/base'], // was a 500: reply-from refused `/base` under a base URL of `/base/`
+    ['/slash/', 200, 'a', '/base/'],
+    ['/slash/x?q=1', 200, 'a', '/base/x?q=1'],
+    ['/sl%61sh/x', 200, 'a', '/base/x'], // the router matched the decoded prefix; the rest keeps its escapes
+    ['/slash/a%20b', 200, 'a', '/base/a%20b'],
+    ['/rw', 200, 'a', '/other'],
+    ['/rw/y?z=%20', 200, 'a', '/other/y?z=%20'],
+    ['/plain/p', 200, 'a', '/p'],
+    // the root prefix: the base path, then the whole path (a 400 for all but `/` before)
+    ['/', 200, 'b', '/root/'],
+    ['/x/y', 200, 'b', '/root/x/y'],
+    ['/slashx', 200, 'b', '/root/slashx'], // not under /slash: the root route's
+    ['//x', 200, 'b', '/root//x']
+  ]
+  for (const [path, status, upstream, got] of cases) {
+    const r = await rawRequest(base, path)
+    t.equal(r.status, status, `${path}: ${r.status}`)
+    t.same([r.json().upstream, r.json().url], [upstream, got], `${path} reached ${upstream} as ${got}`)
+  }
+  const before = a.seen.length + b.seen.length
+  // `/plain//evil.example/x` would be `//evil.example/x` on a root upstream: another host
+  t.equal((await rawRequest(base, '/plain//evil.example/x')).status, 400, 'a path naming another host is refused')
+  t.equal(a.seen.length + b.seen.length, before, 'and never forwarded')
+})
+
+t.test('upstreamPath: the base path, then the raw rest after the prefix; undefined off the base or for another host', async (t) => {
+  const cases: Array<[string, string, string, string | undefined]> = [
+    ['/pub', '/pub', '', '/'],
+    ['/pub?a=1', '/pub', '', '/'],
+    ['/pub/x?a=1', '/pub', '/v2', '/v2/x'],
+    ['/p%75b/a%2Fb', '/pub', '/v2', '/v2/a%2Fb'],
+    ['/p%C3%BCb/x', '/p\u00fcb', '', '/x'], // a two-byte escape decoded as one character
+    ['/x/y', '', '/root', '/root/x/y'],
+    ['/rw;x', '/rw', '/other', undefined], // would be /other;x: beside the base path, not under it
+    ['/pub//evil.example/x', '/pub', '', undefined], // //evil.example/x: another host
+    ['/pub/x', '/api', '', undefined] // the prefix does not line up
+  ]
+  for (const [url, prefix, base, expected] of cases) t.equal(upstreamPath(url, prefix, base), expected, `${url} under ${prefix || '(root)'} onto ${base || '(root)'}`)
+  t.equal(upstreamBase('http://up/base/', undefined), '/base')
+  t.equal(upstreamBase('http://up', undefined), '')
+  t.equal(upstreamBase('http://up/ignored', '/other/'), '/other')
+})
+
+t.test('a redirect to the upstream\'s base path points under the route\'s prefix; absolute ones are kept', async (t) => {
+  const up = createServer((req, res) => {
+    res.statusCode = 302
+    res.setHeader('location', String(req.headers['x-to']))
+    res.end()
+  })
+  await new Promise<void>((resolve) => up.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => up.close())
+  const url = `http://127.0.0.1:${(up.address() as AddressInfo).port}`
+  const gw = await buildGateway({ config: parseGatewayConfig({ routes: [{ prefix: '/pub', upstream: `${url}/v2`, auth: false }] }, 'test'), logger: false })
+  t.teardown(() => gw.close())
+  for (const [to, expected] of [['/v2/next', '/pub/next'], ['/elsewhere', '/elsewhere'], ['http://other.example/v2/x', 'http://other.example/v2/x']]) {
+    const r = await gw.app.inject({ url: '/pub/x', headers: { 'x-to': to } })
+    t.equal(r.statusCode, 302)
+    t.equal(r.headers.location, expected, `Location ${to} -> ${expected}`)
+  }
 })
 
 t.test('dot segments, backslashes and bad escapes are refused before routing decides anything', async (t) => {
