@@ -144,18 +144,19 @@ try {
     const r = results[i]!
     console.log(`${t.name.padEnd(40)} ${per(r.handling).padStart(9)} ${(bare / r.handling).toFixed(3).padStart(12)} ${per(r.gc).padStart(6)} ${per(r.jit).padStart(10)}`)
   }
-  const full = results[1]!.handling
   const byName = (name: string): Count | undefined => { const i = targets.findIndex((t) => t.name === name); return i === -1 ? undefined : results[i] }
+  // the parts are measured against the full gateway: without it among the targets there is nothing to subtract from
+  const full = byName('gateway, 1,000 tokens (cache hits)')?.handling ?? NaN
   console.log('\nper-part cost (full gateway minus the gateway without the part), handling instructions per request:')
   for (const [i, t] of targets.entries()) {
-    if (!t.name.startsWith('gateway - ') || t.name === 'gateway - all four parts') continue
+    if (Number.isNaN(full) || !t.name.startsWith('gateway - ') || t.name === 'gateway - all four parts') continue
     const d = full - results[i]!.handling
     console.log(`  ${t.name.replace('gateway - ', '').padEnd(26)} ${per(d).padStart(8)}  (${(d / full * 100).toFixed(1)}% of the gateway's)`)
   }
   const four = byName('gateway - all four parts')
   if (four !== undefined) console.log(`  ${'gateway without the four'.padEnd(26)} ${per(four.handling - bare).padStart(8)}  over the bare proxy (routing hooks, header hygiene, request id, breaker)`)
   const miss = byName('gateway, every request a cache miss')
-  if (miss !== undefined) console.log(`  ${'a cache miss over a hit'.padEnd(26)} ${per(miss.handling - full).padStart(8)}  (valgrind's CPU has no AVX-512: OpenSSL takes a longer path than natively)`)
+  if (miss !== undefined && !Number.isNaN(full)) console.log(`  ${'a cache miss over a hit'.padEnd(26)} ${per(miss.handling - full).padStart(8)}  (valgrind's CPU has no AVX-512: OpenSSL takes a longer path than natively)`)
   const keep = process.env.BENCH_INSTR_KEEP
   if (keep !== undefined) {
     // the callgrind files, for callgrind_annotate (per-function counts)
