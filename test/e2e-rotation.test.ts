@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { gone, headerOf, SHORT_KEY_TIMINGS, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { gone, headerOf, runningStack, SHORT_KEY_TIMINGS } from './helpers/stack.js'
 
 /** The stack's short key timings (a new key every 9 s), without the stack's rate limits in the way. */
 const SHORT_TIMINGS = {
@@ -23,12 +23,9 @@ interface Outcome { what: string, status: number, kid: string }
 t.setTimeout(240_000)
 
 t.test('keys rotate several times under a steady stream of fresh tokens: no 401, no 5xx', async (t) => {
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const stack = await startStack({ ports: await stackPorts(), dataDir: data.dir, env: SHORT_TIMINGS, teardown: (fn) => t.teardown(fn) })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack, dataDir } = await runningStack(t, SHORT_TIMINGS)
   const u = stack.urls
-  const demo = JSON.parse(readFileSync(join(data.dir, 'demo-credentials.json'), 'utf8')) as { client: { clientId: string, clientSecret: string } }
+  const demo = JSON.parse(readFileSync(join(dataDir, 'demo-credentials.json'), 'utf8')) as { client: { clientId: string, clientSecret: string } }
 
   const outcomes: Outcome[] = []
   const kids = new Set<string>()

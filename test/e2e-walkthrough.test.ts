@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { readStackState, STACK_STATE_FILE } from '../store/stack-state.js'
 import { DEFAULT_URLS, walkthrough } from '../cli/stack/walkthrough.js'
-import { call, claimsOf, gone, headerOf, REPO_ROOT, stackPorts, startStack, tempDataDir, type RunningStack } from './helpers/stack.js'
+import { call, claimsOf, gone, headerOf, REPO_ROOT, runningStack, stackPorts, startStack, type RunningStack } from './helpers/stack.js'
 
 // The stack's start and restart, and six pastes of the walkthrough (each about a dozen processes).
 t.setTimeout(240_000)
@@ -39,11 +39,7 @@ async function logged (stack: RunningStack, proc: string, reqId: string, msg: st
 }
 
 t.test('portcullis start: the whole stack as real processes, walked through as the README does', async (t) => {
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const ports = await stackPorts()
-  const stack = await startStack({ ports, dataDir: data.dir, teardown: (fn) => t.teardown(fn) })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack, ports, dataDir } = await runningStack(t)
   t.equal(stack.pids.size, 6, 'six child processes')
   t.ok(stack.lines.some((l) => /accounts created now, on the first start/.test(l)), 'demo accounts created and printed')
   const u = stack.urls
@@ -106,19 +102,19 @@ t.test('portcullis start: the whole stack as real processes, walked through as t
   t.equal((await call('POST', `${u.auth}/auth/refresh`, { body: { refresh_token: pair.body.refresh_token } })).status, 401, 'refresh after logout fails')
 
   // The stack's state file names it and its store; a command on the folder with another store refuses.
-  const state = readStackState(data.dir)
-  t.match(state, { pid: stack.proc.pid, dataDir: data.dir, store: { engine: 'sqlite', path: join(data.dir, 'portcullis.db') } }, `${STACK_STATE_FILE} names the stack and its store`)
-  t.match(stack.lines.find((l) => l.startsWith('portcullis start: store: ')), `portcullis start: store: SQLite ${join(data.dir, 'portcullis.db')}`, 'the stack names its store')
+  const state = readStackState(dataDir)
+  t.match(state, { pid: stack.proc.pid, dataDir: dataDir, store: { engine: 'sqlite', path: join(dataDir, 'portcullis.db') } }, `${STACK_STATE_FILE} names the stack and its store`)
+  t.match(stack.lines.find((l) => l.startsWith('portcullis start: store: ')), `portcullis start: store: SQLite ${join(dataDir, 'portcullis.db')}`, 'the stack names its store')
   const cli = (args: string[], env: Record<string, string>): ReturnType<typeof spawnSync> =>
     spawnSync(process.execPath, ['bin/portcullis.js', ...args], { cwd: REPO_ROOT, env: { ...process.env, ...stack.env, ...env }, encoding: 'utf8', timeout: 60_000 })
   const elsewhere = cli(['users', 'list'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/elsewhere' })
   t.equal(elsewhere.status, 1)
-  t.match(String(elsewhere.stderr), new RegExp(`^portcullis: the stack running on ${data.dir} \\(pid ${stack.proc.pid!}, .*\\) uses SQLite ${data.dir}/portcullis\\.db, but this command's settings name PostgreSQL 127\\.0\\.0\\.1:1, database elsewhere`), 'refused, naming both stores')
+  t.match(String(elsewhere.stderr), new RegExp(`^portcullis: the stack running on ${dataDir} \\(pid ${stack.proc.pid!}, .*\\) uses SQLite ${dataDir}/portcullis\\.db, but this command's settings name PostgreSQL 127\\.0\\.0\\.1:1, database elsewhere`), 'refused, naming both stores')
   const second = spawnSync(process.execPath, ['bin/portcullis.js', 'start'], {
     cwd: REPO_ROOT, env: { ...process.env, ...stack.env, ...Object.fromEntries(Object.entries(await stackPorts()).map(([k, v]) => [k, String(v)])) }, encoding: 'utf8', timeout: 60_000
   })
   t.equal(second.status, 1)
-  t.match(String(second.stderr), new RegExp(`^portcullis: another stack runs on ${data.dir} \\(pid ${stack.proc.pid!}, `), 'a second stack on the same folder refuses to start')
+  t.match(String(second.stderr), new RegExp(`^portcullis: another stack runs on ${dataDir} \\(pid ${stack.proc.pid!}, `), 'a second stack on the same folder refuses to start')
 
   // The README walkthrough itself, pasted into bash with this stack's ports, again and again: six
   // pastes in a row within five minutes met auth's per-username login limit (5 per 5 minutes) before
@@ -137,7 +133,7 @@ t.test('portcullis start: the whole stack as real processes, walked through as t
     const codes = /^((?:\d{3} ){12})$/m.exec(run.stdout)?.[1]?.trim().split(' ') ?? []
     if (paste === 1) t.same(codes, [...Array(10).fill('200'), '429', '429'], 'paste 1: ten 200s then 429 429')
     else t.ok(codes.length === 12 && codes.every((c) => c === '200' || c === '429') && codes.filter((c) => c === '429').length >= 2, `paste ${paste}: the products limit still counts this minute (${codes.join(' ')})`)
-    t.same(run.stderr.trim().split('\n'), [`portcullis: store: SQLite ${join(data.dir, 'portcullis.db')}`], `paste ${paste}: stderr is the keys command's store line alone`)
+    t.same(run.stderr.trim().split('\n'), [`portcullis: store: SQLite ${join(dataDir, 'portcullis.db')}`], `paste ${paste}: stderr is the keys command's store line alone`)
   }
 
   // An error answer (here a wrong password) is one line naming the error, never a stack trace; pasted
@@ -152,11 +148,11 @@ t.test('portcullis start: the whole stack as real processes, walked through as t
   const pids = [...stack.pids.values()]
   t.equal(await stack.stop(), 0, 'the stack exits 0 on SIGTERM')
   t.ok(pids.every(gone), 'every child process is gone')
-  t.notOk(existsSync(join(data.dir, STACK_STATE_FILE)), 'the state file went with it')
+  t.notOk(existsSync(join(dataDir, STACK_STATE_FILE)), 'the state file went with it')
   // SIGINT, as Ctrl-C: with SIGTERM auth and each service would first wait out its drain delay (5 s each, one after another).
   t.same(['auth', 'rotation'].map((p) => stack.logs(p).find((l) => l.rec.event === 'shutdown')?.rec.signal), ['SIGINT', 'SIGINT'], 'the children are stopped with SIGINT')
   t.same(['user', 'product', 'order'].map((p) => stack.logs(p).find((l) => l.rec.msg === 'stopping')?.rec.signal), ['SIGINT', 'SIGINT', 'SIGINT'])
-  const again = await startStack({ ports, dataDir: data.dir, teardown: (fn) => t.teardown(fn) })
+  const again = await startStack({ ports, dataDir, teardown: (fn) => t.teardown(fn) })
   await again.waitFor(/Portcullis is running/)
   t.ok(again.lines.some((l) => /accounts from the first start/.test(l)), 'demo accounts are not created twice')
   const relog = await call('POST', `${u.auth}/auth/login`, { body: { username: 'alice', password: 'alice-demo-pass' } })

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process'
 import t from 'tap'
-import { stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { runningStack } from './helpers/stack.js'
 
 // `promtool check metrics` on the real /metrics of every process of a running stack: gateway, auth,
 // rotation worker and the three example services' admin listeners. Without promtool (Debian package
@@ -26,11 +26,7 @@ function nameProblems (text: string): string[] {
 }
 
 t.test('every process\'s /metrics passes promtool check metrics', async (t) => {
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const ports = await stackPorts()
-  const stack = await startStack({ ports, dataDir: data.dir, teardown: (fn) => t.teardown(fn) })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack, ports } = await runningStack(t)
   const u = stack.urls
 
   // some traffic, so the request histograms and the refusal counters have series

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { prometheusSkip, promtoolCheckMetrics, startPrometheus, type ScrapeTarget } from './helpers/prometheus.js'
-import { call, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { call, runningStack } from './helpers/stack.js'
 
 // A real Prometheus (Debian's `prometheus` package) scraping every process of `portcullis start`
 // every second: each target is up, the series the docs name exist, and after known traffic through
@@ -22,11 +22,7 @@ const JOBS = ['gateway', 'auth', 'rotation', 'user', 'order', 'product'] as cons
 
 t.test('a real Prometheus scrapes every process of the stack; series and values match the traffic sent', { skip }, async (t) => {
   const started = Date.now()
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const ports = await stackPorts()
-  const stack = await startStack({ ports, dataDir: data.dir, teardown: (fn) => t.teardown(fn) })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack, ports } = await runningStack(t)
   const u = stack.urls
   const admin = (port: number): string => `http://127.0.0.1:${port}/metrics`
   const targets: ScrapeTarget[] = [

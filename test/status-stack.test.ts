@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { chromiumSkip, launchChromium } from './helpers/chromium.js'
-import { SHORT_KEY_TIMINGS, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { runningStack, SHORT_KEY_TIMINGS } from './helpers/stack.js'
 import type { GatewayStatus } from '../gateway/status-page.js'
 
 // The gateway's operator page on a running stack, in headless Chromium: the key timeline comes from
@@ -16,11 +16,7 @@ const SCREENSHOTS = fileURLToPath(new URL('../.tap/screenshots/', import.meta.ur
 const skip = chromiumSkip()
 
 t.test('the /status page of a running stack shows its keys and follows a rotation', { skip }, async (t) => {
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const ports = await stackPorts()
-  const stack = await startStack({ ports, dataDir: data.dir, env: { ...SHORT_KEY_TIMINGS }, teardown: (fn) => t.teardown(fn) })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack } = await runningStack(t, { ...SHORT_KEY_TIMINGS })
   const u = stack.urls
 
   // some traffic for the counters: an anonymous request (401) and a login + one order

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { startOtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js'
-import { call, stackPorts, startStack, tempDataDir } from './helpers/stack.js'
+import { call, runningStack } from './helpers/stack.js'
 
 // `portcullis start` with OTEL_EXPORTER_OTLP_ENDPOINT set to an OTLP/HTTP receiver on a free port:
 // one order placed through the gateway is one trace holding spans from the gateway, order-service,
@@ -19,15 +19,7 @@ function describe (spans: ReceivedSpan[]): string {
 t.test('one order through the gateway is one trace across gateway, order, user and product services', async (t) => {
   const receiver = await startOtlpReceiver()
   t.teardown(() => receiver.close())
-  const data = tempDataDir()
-  t.teardown(data.remove)
-  const stack = await startStack({
-    ports: await stackPorts(),
-    dataDir: data.dir,
-    env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: '100' },
-    teardown: (fn) => t.teardown(fn)
-  })
-  await stack.waitFor(/Portcullis is running/)
+  const { stack } = await runningStack(t, { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: '100' })
   const u = stack.urls
   const login = await call('POST', `${u.auth}/auth/login`, { body: { username: 'alice', password: 'alice-demo-pass' } })
   t.equal(login.status, 200, 'alice logs in')

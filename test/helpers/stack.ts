@@ -77,6 +77,19 @@ export function tempDataDir (): { dir: string, remove: () => void } {
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) }
 }
 
+/**
+ * The whole stack in a data folder of its own on free ports, running (`Portcullis is running`);
+ * the folder and every process are removed with `t`'s teardown. `env` is added to the stack's.
+ */
+export async function runningStack (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string> = {}): Promise<{ stack: RunningStack, ports: StackPorts, dataDir: string }> {
+  const data = tempDataDir()
+  t.teardown(data.remove)
+  const ports = await stackPorts()
+  const stack = await startStack({ ports, dataDir: data.dir, env, teardown: (fn) => t.teardown(fn) })
+  await stack.waitFor(/Portcullis is running/)
+  return { stack, ports, dataDir: data.dir }
+}
+
 const LINE = /^\[(\w+)\]\s+(\{.*\})$/
 
 /**
