@@ -63,8 +63,11 @@ export function routeConfig (route: RouteConfig): Record<string, unknown> {
 
 /** A reference with a scheme (`http:`) or an authority (`//host`): never a path on the route's upstream. */
 const ABSOLUTE = /^([a-zA-Z][a-zA-Z\d+.-]*:|\/\/)/
-/** Characters an HTTP header value may not hold (HTAB, SP to ~ and obs-text may). */
-const NOT_HEADER_VALUE = /[^\t\x20-\x7E\x80-\xFF]/g
+/** A character an HTTP header value may not hold (HTAB, SP to ~ and obs-text may); `_ALL`: every one. */
+const NOT_HEADER_VALUE = /[^\t\x20-\x7E\x80-\xFF]/
+const NOT_HEADER_VALUE_ALL = new RegExp(NOT_HEADER_VALUE.source, 'g')
+/** An absolute Location (scheme and host): left as the upstream sent it. */
+const ABSOLUTE_URL = /^https?:\/\//
 
 /**
  * The path prefix of a route on its upstream: `rewritePrefix`, else the upstream URL's own path,
@@ -132,16 +135,17 @@ export function upstreamPath (url: string, prefix: string, base: string): string
   return dest === '' ? '/' : dest
 }
 
+/** `v` without the characters a header value may not hold (unchanged, and not copied, in the common case). */
+function cleanHeaderValue (v: string): string {
+  return NOT_HEADER_VALUE.test(v) ? v.replace(NOT_HEADER_VALUE_ALL, '') : v
+}
+
 /** Invalid characters of an upstream's header values dropped, so a bad value cannot fail the response. */
 function sanitizeHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
   for (const name in headers) {
     const v = headers[name]
-    if (typeof v === 'string') {
-      if (NOT_HEADER_VALUE.test(v)) headers[name] = v.replace(NOT_HEADER_VALUE, '')
-      NOT_HEADER_VALUE.lastIndex = 0
-    } else if (Array.isArray(v)) {
-      headers[name] = v.map((x) => x.replace(NOT_HEADER_VALUE, ''))
-    }
+    if (typeof v === 'string') headers[name] = cleanHeaderValue(v)
+    else if (Array.isArray(v)) headers[name] = v.map(cleanHeaderValue)
   }
   return headers
 }
@@ -238,7 +242,7 @@ export async function registerRoutes (app: FastifyInstance, config: GatewayConfi
         rewriteHeaders: (headers) => {
           // a redirect within the upstream's base path points under the route's prefix
           const location = headers.location
-          if (typeof location === 'string' && location !== '' && !/^https?:\/\//.test(location)) headers.location = location.replace(base, prefix)
+          if (typeof location === 'string' && location !== '' && !ABSOLUTE_URL.test(location)) headers.location = location.replace(base, prefix)
           return sanitizeHeaders(downstreamHeaders(headers))
         },
         retryDelay: ({ err, req, attempt }) => {
